@@ -1,0 +1,125 @@
+"""The model handle: `load()` returns an `LM` bundling model, tokenizer and generation."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import torch
+
+from .config import Gemma3Config
+from .errors import ContextLengthError, TinyGemmaError
+from .generate import GenerationChunk, stream_generate
+from .model import Gemma3Model
+from .sampling import SamplingParams
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DEFAULT_DTYPE = "float32"   # the recommended setting until quantized fast paths land
+
+
+def load(path: str | os.PathLike | None = None, dtype: str | None = None) -> "LM":
+    """Load a GGUF file or Hugging Face directory (None: the embedded default Gemma 3 270M).
+
+    dtype: None (recommended: float32 for now), "float32" (the exact path) or "bfloat16".
+    """
+    from .weights import load_weights
+    from .weights.default import default_model_path
+
+    name = DEFAULT_DTYPE if dtype is None else str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (float16 overflows in Gemma 3), got {dtype!r}")
+    weights = load_weights(default_model_path() if path is None else path)
+    return LM.from_tensors(weights.config, weights.tensors, weights.tokenizer, DTYPES[name], weights)
+
+
+class LM:
+    """A loaded model: `tokenizer`, `config`, `model` (a Gemma3Model), and generation methods."""
+
+    def __init__(self, model: Gemma3Model, tokenizer, weights=None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.config: Gemma3Config = model.config
+        self.weights = weights     # LoadedWeights facts (source, format, tensor types), or None
+
+    @classmethod
+    def from_tensors(cls, config: Gemma3Config, tensors: dict[str, torch.Tensor], tokenizer,
+                     dtype: torch.dtype = torch.float32, weights=None) -> "LM":
+        """Build from float32 tensors under our names (already checked against `config`)."""
+        with torch.device("meta"):
+            model = Gemma3Model(config)
+        model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=True)
+        return cls(model, tokenizer, weights)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def is_instruction_tuned(self) -> bool:
+        """Best guess from the file's metadata or directory name ('-it', 'instruct', a finetune tag)."""
+        w = self.weights
+        if w is None:
+            return False
+        text = " ".join(str(w.metadata.get(k, "")) for k in ("general.name", "general.finetune", "general.basename"))
+        text = f"{text} {w.source.name}".lower()
+        return any(tag in text for tag in ("-it", " it", "instruct", "_it"))
+
+    def _check_ids(self, ids) -> list[int]:
+        ids = [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < self.config.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+        return ids
+
+    @torch.inference_mode()
+    def logits(self, ids) -> torch.Tensor:
+        """float32 logits (len(ids), vocab_size): one full forward pass, no cache."""
+        ids = self._check_ids(ids)
+        if not ids:
+            raise ValueError("logits() needs at least one token id")
+        if len(ids) > self.config.max_position_embeddings:
+            raise ContextLengthError(f"{len(ids)} tokens exceed the context limit of "
+                                     f"{self.config.max_position_embeddings}")
+        return self.model(torch.tensor([ids]))[0]
+
+    def _prompt_ids(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_bos=True)
+        return self._check_ids(prompt)
+
+    def stream_generate(self, prompt: str | list[int], max_tokens: int = 256, temperature: float = 0.0,
+                        top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                        repetition_penalty: float = 1.0, presence_penalty: float = 0.0,
+                        frequency_penalty: float = 0.0, seed: int | None = None,
+                        stop: list[str] | str | None = None, stop_ids: list[int] | None = None,
+                        ) -> Iterator[GenerationChunk]:
+        """Stream GenerationChunk objects (text, token, finish_reason, speeds) for a prompt (text or ids).
+
+        A text prompt is tokenized with BOS and special tokens parsed. Greedy unless temperature > 0.
+        """
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                repetition_penalty=repetition_penalty, presence_penalty=presence_penalty,
+                                frequency_penalty=frequency_penalty, seed=seed)
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        return stream_generate(self.model, self.tokenizer, self._prompt_ids(prompt), params,
+                               max_tokens=max_tokens, stop=stops, stop_ids=stop_ids)
+
+    def stream(self, prompt: str | list[int], **kwargs) -> Iterator[str]:
+        """Yield text pieces as they are decoded (same arguments as stream_generate)."""
+        for chunk in self.stream_generate(prompt, **kwargs):
+            if chunk.text:
+                yield chunk.text
+
+    def generate(self, prompt: str | list[int], **kwargs) -> str:
+        """The whole completion as one string (same arguments as stream_generate)."""
+        return "".join(self.stream(prompt, **kwargs))
+
+    def chat_stream(self, messages: list[dict], **kwargs) -> Iterator[GenerationChunk]:
+        """Stream a reply to chat messages (Gemma 3 chat template; stops at <end_of_turn>)."""
+        return self.stream_generate(self.tokenizer.encode_chat(messages), **kwargs)
+
+    def chat(self, messages: list[dict], **kwargs) -> str:
+        return "".join(c.text for c in self.chat_stream(messages, **kwargs))
+
+
+__all__ = ["LM", "load", "TinyGemmaError"]

@@ -1,0 +1,186 @@
+"""Gemma 3 text model in plain PyTorch: (token ids, positions, cache) -> logits, nothing else.
+
+Numerics follow the reference implementation exactly:
+- the embedding output is multiplied by sqrt(hidden_size), the scale cast to the compute dtype;
+- RMSNorm computes in float32 and multiplies by (1 + weight);
+- four norms per block (input, post-attention, pre-feedforward, post-feedforward), q/k RMSNorm over
+  head_dim before RoPE, attention scale query_pre_attn_scalar ** -0.5;
+- RoPE (NEOX halves) with base rope_theta on full layers, rope_local_base_freq on sliding layers;
+- sliding layers: a token sees itself and at most window-1 earlier tokens;
+- GeGLU MLP with the tanh approximation of GELU; output projection tied to the embedding.
+Never run it in float16: activations reach ~1e5 at the BOS position.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SLIDING, Gemma3Config
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Gemma: float32 statistics and a (1 + w) gain, then back to the compute dtype.
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (out * (1.0 + self.weight.float())).to(x.dtype)
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, base: float, scale: float, dtype: torch.dtype):
+    """cos/sin tables (B, L, head_dim) for absolute positions (B, L); angles computed in float64."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = (positions.to(torch.float64) / scale)[..., None] * inv_freq   # (B, L, D/2)
+    angles = torch.cat([angles, angles], dim=-1)                           # (B, L, D)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, H, L, D); NEOX style: rotate the two halves of head_dim.
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
+
+
+def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Boolean mask (B, 1, L, S), True where query may attend key.
+
+    Keys at position -1 (empty slots, padding) are hidden, except that a padding query (position -1)
+    sees them so its softmax stays finite.
+    """
+    q = q_pos[:, None, :, None]
+    k = k_pos[:, None, None, :]
+    visible = (k <= q) & (k >= 0)
+    if window is not None:
+        visible &= (q - k) < window
+    return visible | ((q < 0) & (k == q))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: Gemma3Config, sliding: bool):
+        super().__init__()
+        self.n_heads, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.sliding = sliding
+        self.window = cfg.sliding_window
+        self.scale = cfg.query_pre_attn_scalar ** -0.5
+        self.softcap = cfg.attn_logit_softcapping
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, positions, cache, masks: dict):
+        b, n, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(b, n, self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, L, D)
+        k = self.k_norm(self.k_proj(x).view(b, n, self.n_kv, self.head_dim)).transpose(1, 2)     # (B, Hkv, L, D)
+        v = self.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v, k_pos = cache.update(k, v, positions)
+        else:
+            k_pos = positions
+        # Every layer of one kind sees the same key positions, so its mask is built once per forward.
+        mask = masks.get(self.sliding)
+        if mask is None:
+            mask = masks[self.sliding] = attention_mask(positions, k_pos, self.window if self.sliding else None)
+        if self.softcap is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
+                                                 enable_gqa=self.n_heads != self.n_kv)
+        else:
+            rep = self.n_heads // self.n_kv
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            scores = (q @ k.transpose(-1, -2)) * self.scale
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+            scores = scores.masked_fill(~mask, float("-inf"))
+            out = scores.float().softmax(-1).to(q.dtype) @ v
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: Gemma3Config):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Gemma3Config, layer_type: str):
+        super().__init__()
+        eps = cfg.rms_norm_eps
+        self.sliding = layer_type == SLIDING
+        self.self_attn = Attention(cfg, self.sliding)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
+
+    def forward(self, x, ropes, positions, cache, masks):
+        cos, sin = ropes[self.sliding]
+        h = self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, masks)
+        x = x + self.post_attention_layernorm(h)
+        h = self.mlp(self.pre_feedforward_layernorm(x))
+        return x + self.post_feedforward_layernorm(h)
+
+
+class Gemma3Model(nn.Module):
+    """Gemma 3 decoder-only text model. Parameter names are Hugging Face's without the "model." prefix."""
+
+    def __init__(self, config: Gemma3Config):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, t) for t in config.layer_types)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None, cache: list | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits (B, L, V) in float32 for token ids (B, L).
+
+        positions: absolute positions (B, L); default continues the cache (or starts at 0). Position -1
+        marks a padding token. cache: from make_cache(), updated in place. last_only: logits of the
+        final position only (B, 1, V), which spares the vocabulary projection during prefill.
+        """
+        cfg = self.config
+        if positions is None:
+            start = cache[0].offset if cache else 0
+            positions = torch.arange(start, start + ids.shape[1]).expand(ids.shape[0], -1)
+        x = self.embed_tokens(ids)
+        # Gemma scales the embedding by sqrt(hidden_size), rounded to the compute dtype.
+        x = x * torch.tensor(math.sqrt(cfg.hidden_size), dtype=x.dtype)
+        ropes = {
+            True: rope_tables(positions, cfg.head_dim, cfg.rope_local_base_freq, 1.0, x.dtype),
+            False: rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, x.dtype),
+        }
+        masks: dict = {}
+        for i, layer in enumerate(self.layers):
+            x = layer(x, ropes, positions, cache[i] if cache is not None else None, masks)
+        if last_only:
+            x = x[:, -1:]
+        x = self.norm(x)
+        head = self.lm_head.weight if self.lm_head is not None else self.embed_tokens.weight
+        logits = (x @ head.T).float()
+        if cfg.final_logit_softcapping is not None:
+            c = cfg.final_logit_softcapping
+            logits = torch.tanh(logits / c) * c
+        return logits

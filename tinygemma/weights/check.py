@@ -1,0 +1,36 @@
+"""Strict tensor check: every expected tensor present with the right shape, nothing extra."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import Gemma3Config
+from ..errors import WeightsError
+
+
+def expected_shapes(config: Gemma3Config) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of the model for `config`, computed without allocating (meta device)."""
+    from ..model import Gemma3Model
+
+    with torch.device("meta"):
+        model = Gemma3Model(config)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def check_tensors(found: dict[str, tuple[int, ...]], config: Gemma3Config, source, rename=None) -> None:
+    """Raise WeightsError naming the first missing, unexpected or mis-shaped tensor.
+
+    found: our tensor name -> shape; rename: our name -> the name in the file, for messages.
+    """
+    rename = rename or {}
+    expected = expected_shapes(config)
+    for name, shape in expected.items():
+        if name not in found:
+            raise WeightsError(f"{source}: missing tensor {rename.get(name, name)}")
+        if tuple(found[name]) != shape:
+            raise WeightsError(f"{source}: tensor {rename.get(name, name)} has shape {list(found[name])}, "
+                               f"expected {list(shape)}")
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        raise WeightsError(f"{source}: unexpected tensor {rename.get(extra[0], extra[0])}"
+                           + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
