@@ -313,7 +313,10 @@ class Tokenizer:
                 if not isinstance(score, float):
                     raise _ProtoError(f"piece {k} has a score that is not a float")
                 scores.append(score)
-                types.append(int(msg.get(3, [NORMAL])[-1]))
+                typ = msg.get(3, [NORMAL])[-1]
+                if not isinstance(typ, int):
+                    raise _ProtoError(f"piece {k} has a type that is not an integer")
+                types.append(typ)
             trainer = _parse_message(proto[2][-1]) if 2 in proto else {}
             normalizer = _parse_message(proto[3][-1]) if 3 in proto else {}
         except (_ProtoError, UnicodeDecodeError, TypeError) as e:
@@ -326,6 +329,8 @@ class Tokenizer:
 
         def sid(field: int, default: int) -> int:
             v = trainer.get(field, [default])[-1]
+            if not isinstance(v, int):
+                raise ValueError(f"{path}: trainer_spec field {field} is not an integer")
             return v - (1 << 64) if v >= 1 << 63 else v  # int32 -1 is a 10-byte varint
 
         unk, bos, eos, pad = sid(40, 0), sid(41, 1), sid(42, 2), sid(43, -1)
@@ -548,6 +553,20 @@ class Tokenizer:
         """BOS + the chat template, special tokens parsed."""
         text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
         return [self.bos_id] + self.encode(text, add_bos=False, parse_special=True)
+
+    @property
+    def pieces(self) -> list[str]:
+        """Vocabulary pieces in id order (for export)."""
+        return self._pieces
+
+    @property
+    def scores(self) -> list[float]:
+        return self._scores
+
+    @property
+    def token_types(self) -> list[int]:
+        """SentencePiece/GGUF token types: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte."""
+        return self._types
 
     def __repr__(self) -> str:
         return (f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_id}, eos={self.eos_id}, "

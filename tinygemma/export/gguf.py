@@ -50,8 +50,9 @@ def save_gguf(path: str | os.PathLike, config: Gemma3Config, tensors: Mapping[st
         w.add_float32("gemma3.rope.scaling.factor", config.rope_scaling_factor)
     if config.query_pre_attn_scalar != config.head_dim:
         w.add_float32("gemma3.attention.query_pre_attn_scalar", config.query_pre_attn_scalar)
-    if config.final_logit_softcapping is not None:
-        w.add_float32("gemma3.final_logit_softcapping", config.final_logit_softcapping)
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if getattr(config, key) is not None:
+            w.add_float32(f"gemma3.{key}", getattr(config, key))
     w.add_tokenizer_model("llama")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokenizer.pieces)

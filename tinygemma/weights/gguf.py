@@ -93,6 +93,9 @@ class _Cursor:
             self.fail(f"{what} is not valid UTF-8")
 
     def value(self, vtype: int, what: str) -> Any:
+        if vtype == 6:
+            # float32 -> the shortest decimal that round-trips (1e-06, not 9.99999997e-07), as configs write it.
+            return float(str(np.float32(self.scalar(vtype, what))))
         if vtype in _SCALARS:
             return self.scalar(vtype, what)
         if vtype == _STRING:
@@ -273,6 +276,7 @@ def config_from_gguf(gf: GGUFFile) -> Gemma3Config:
     scalar = get("attention.query_pre_attn_scalar", float,
                  hidden / heads if n_layers == 62 and heads else head_dim)
     softcap = meta.get("gemma3.final_logit_softcapping")
+    attn_softcap = meta.get("gemma3.attn_logit_softcapping")
     try:
         return Gemma3Config(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=get("feed_forward_length", int),
@@ -285,6 +289,7 @@ def config_from_gguf(gf: GGUFFile) -> Gemma3Config:
             layer_types=layer_types, query_pre_attn_scalar=scalar,
             max_position_embeddings=get("context_length", int),
             final_logit_softcapping=float(softcap) if softcap else None,
+            attn_logit_softcapping=float(attn_softcap) if attn_softcap else None,
             tie_word_embeddings="output.weight" not in gf.tensors,
             bos_token_id=meta.get("tokenizer.ggml.bos_token_id", 2),
             eos_token_id=meta.get("tokenizer.ggml.eos_token_id", 1),

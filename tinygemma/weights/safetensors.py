@@ -73,7 +73,10 @@ def load_safetensors_dir(path: Path, config: Gemma3Config) -> dict[str, torch.Te
     if config.tie_word_embeddings and "lm_head.weight" in shapes:
         shapes.pop("lm_head.weight")   # some exports write the tied head out; it is the embedding
         handles.pop("lm_head.weight")
-    check_tensors(shapes, config, path, rename=original)
+    from .check import expected_shapes
+
+    hf_name = {n: "lm_head.weight" if n == "lm_head.weight" else f"model.{n}" for n in expected_shapes(config)}
+    check_tensors(shapes, config, path, rename={**hf_name, **original})
     out = {}
     for ours, (f, name) in handles.items():
         try:

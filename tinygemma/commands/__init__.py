@@ -1,0 +1,1 @@
+"""One module per CLI subcommand, each with build_parser(parser) and main(args)."""
