@@ -44,10 +44,16 @@ class LM:
     @classmethod
     def from_tensors(cls, config: Gemma3Config, tensors: dict[str, torch.Tensor], tokenizer,
                      dtype: torch.dtype = torch.float32, weights=None) -> "LM":
-        """Build from float32 tensors under our names (already checked against `config`)."""
+        """Build from float32 tensors under our names (already checked against `config`).
+
+        With dtype=bfloat16 the layers' matrices are bfloat16; norm gains and the (tied) embedding /
+        output projection stay float32: a bfloat16 output projection alone flips ~2% of greedy picks.
+        """
         with torch.device("meta"):
             model = Gemma3Model(config)
-        model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True, assign=True)
+        keep_fp32 = {"embed_tokens.weight", "lm_head.weight"}
+        state = {k: v.to(torch.float32 if k in keep_fp32 or v.ndim == 1 else dtype) for k, v in tensors.items()}
+        model.load_state_dict(state, strict=True, assign=True)
         return cls(model, tokenizer, weights)
 
     @property

@@ -1,14 +1,16 @@
 """Gemma 3 text model in plain PyTorch: (token ids, positions, cache) -> logits, nothing else.
 
 Numerics follow the reference implementation exactly:
-- the embedding output is multiplied by sqrt(hidden_size), the scale cast to the compute dtype;
+- the embedding output is multiplied by sqrt(hidden_size);
 - RMSNorm computes in float32 and multiplies by (1 + weight);
 - four norms per block (input, post-attention, pre-feedforward, post-feedforward), q/k RMSNorm over
   head_dim before RoPE, attention scale query_pre_attn_scalar ** -0.5;
 - RoPE (NEOX halves) with base rope_theta on full layers, rope_local_base_freq on sliding layers;
 - sliding layers: a token sees itself and at most window-1 earlier tokens;
 - GeGLU MLP with the tanh approximation of GELU; output projection tied to the embedding.
-Never run it in float16: activations reach ~1e5 at the BOS position.
+The residual stream, norms, RoPE tables and logits are float32 whatever the weights' dtype; matmul inputs
+are cast to their weights' dtype (bfloat16 weights run bfloat16 matmuls). Never run it in float16:
+activations reach ~1e5 at the BOS position.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.zeros(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Gemma: float32 statistics and a (1 + w) gain, then back to the compute dtype.
+        # Gemma: float32 statistics and a (1 + w) gain. The result stays float32: matmul inputs are
+        # cast to the weights' dtype where they are used, so the residual stream is float32 throughout.
         xf = x.float()
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (out * (1.0 + self.weight.float())).to(x.dtype)
+        return out * (1.0 + self.weight.float())
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float, scale: float, dtype: torch.dtype):
@@ -81,10 +84,11 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, positions, cache, masks: dict):
         b, n, _ = x.shape
+        x = x.to(self.q_proj.weight.dtype)
         q = self.q_norm(self.q_proj(x).view(b, n, self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, L, D)
         k = self.k_norm(self.k_proj(x).view(b, n, self.n_kv, self.head_dim)).transpose(1, 2)     # (B, Hkv, L, D)
         v = self.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
         if cache is not None:
             k, v, k_pos = cache.update(k, v, positions)
         else:
@@ -114,6 +118,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x):
+        x = x.to(self.up_proj.weight.dtype)
         return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
 
 
@@ -151,7 +156,8 @@ class Gemma3Model(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.embed_tokens.weight.dtype
+        """dtype of the layers' matrices (and of the KV cache)."""
+        return self.layers[0].mlp.up_proj.weight.dtype
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None, cache: list | None = None,
                 last_only: bool = False) -> torch.Tensor:
@@ -165,12 +171,12 @@ class Gemma3Model(nn.Module):
         if positions is None:
             start = cache[0].offset if cache else 0
             positions = torch.arange(start, start + ids.shape[1]).expand(ids.shape[0], -1)
-        x = self.embed_tokens(ids)
-        # Gemma scales the embedding by sqrt(hidden_size), rounded to the compute dtype.
-        x = x * torch.tensor(math.sqrt(cfg.hidden_size), dtype=x.dtype)
+        # Gemma scales the embedding by sqrt(hidden_size). The residual stream is float32 whatever the
+        # weights' dtype (bfloat16 weights then cost little accuracy), so the scale is a float32 too.
+        x = self.embed_tokens(ids).float() * math.sqrt(cfg.hidden_size)
         ropes = {
-            True: rope_tables(positions, cfg.head_dim, cfg.rope_local_base_freq, 1.0, x.dtype),
-            False: rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, x.dtype),
+            True: rope_tables(positions, cfg.head_dim, cfg.rope_local_base_freq, 1.0, torch.float32),
+            False: rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, torch.float32),
         }
         masks: dict = {}
         for i, layer in enumerate(self.layers):
@@ -179,7 +185,7 @@ class Gemma3Model(nn.Module):
             x = x[:, -1:]
         x = self.norm(x)
         head = self.lm_head.weight if self.lm_head is not None else self.embed_tokens.weight
-        logits = (x @ head.T).float()
+        logits = (x.to(head.dtype) @ head.T).float()
         if cfg.final_logit_softcapping is not None:
             c = cfg.final_logit_softcapping
             logits = torch.tanh(logits / c) * c

@@ -72,7 +72,8 @@ def apply_penalties(logits: torch.Tensor, history: torch.Tensor, p: SamplingPara
 
 def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     """Temperature, top-k, top-p and min-p on (V,) logits; removed tokens become -inf."""
-    logits = logits / p.temperature
+    # Shift so the maximum is 0 first: a tiny (valid) temperature then sends the others to -inf, never inf/NaN.
+    logits = (logits - logits.max()) / p.temperature
     if p.top_k and p.top_k < logits.shape[-1]:
         kth = torch.topk(logits, p.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
