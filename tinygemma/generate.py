@@ -42,9 +42,11 @@ def generate_step(model: Gemma3Model, prompt_ids: list[int], params: SamplingPar
     generator = make_generator(params.seed) if not params.greedy else None
     history = torch.tensor(prompt_ids) if params.has_penalties else None
     logits = prefill(model, prompt_ids, cache, prefill_chunk)
-    for _ in range(max_tokens):
+    for i in range(max_tokens):
         token = sample(logits, params, history, generator)
         yield token
+        if i + 1 == max_tokens:
+            break     # no forward pass for a token nobody will sample
         if history is not None:
             history = torch.cat([history, torch.tensor([token])])
         logits = model(torch.tensor([[token]]), cache=cache)[0, -1]
