@@ -313,3 +313,25 @@ def test_table_covers_every_parameter(tiny):
     cfg, tensors, _ = tiny
     ours = {row[0] for row in tensor_table(cfg.num_hidden_layers)}
     assert ours == set(tensors)
+
+
+def test_instruction_tuned_files_load_through_the_same_path(tiny, tmp_path):
+    """Instruction-tuned weights are not installable here: files named like them stand in (GGUF and HF dir)."""
+    from test_tokenizer import _hf_tokenizer_json
+
+    cfg, tensors, tok = tiny
+    save_gguf(tmp_path / "it.gguf", cfg, tensors, tok, name="Gemma 3 270m It")
+    d = save_hf_dir(tmp_path / "gemma-3-270m-it", cfg, tensors, tok)
+    (d / "tokenizer.model").unlink()    # as downloaded from the Hub: tokenizer.json only
+    (d / "tokenizer.json").write_text(json.dumps(_hf_tokenizer_json(tok.pieces, tok.scores, tok.token_types)))
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    replies = []
+    for path in (tmp_path / "it.gguf", d):
+        lm = load(path)
+        assert lm.is_instruction_tuned
+        assert lm.tokenizer.encode_chat(messages) == tok.encode_chat(messages)
+        chunks = list(lm.chat_stream(messages, max_tokens=5))
+        assert chunks[-1].finish_reason in ("stop", "length")
+        replies.append("".join(c.text for c in chunks))
+    assert replies[0] == replies[1]
+    assert not LM.from_tensors(cfg, tensors, tok).is_instruction_tuned
