@@ -79,7 +79,7 @@ def test_gguf_k_quants(tmp_path, ttype):
             expected[name] = torch.from_numpy(deq)
     path = tmp_path / "k.gguf"
     save_gguf(path, cfg, tensors, tiny_tokenizer(), raw=raw)
-    lm = load(path)
+    lm = load(path, dtype="float32")
     ref = LM.from_tensors(cfg, expected, tiny_tokenizer())
     ids = ids_for(cfg, 12)
     torch.testing.assert_close(lm.logits(ids), ref.logits(ids), atol=1e-5, rtol=0)
@@ -93,7 +93,7 @@ def test_gguf_vs_safetensors_vs_memory(tmp_path, name):
     tensors, tok = random_tensors(cfg, seed=3), tiny_tokenizer()
     save_gguf(tmp_path / "m.gguf", cfg, tensors, tok)
     save_hf_dir(tmp_path / "hf", cfg, tensors, tok)
-    from_gguf, from_hf = load(tmp_path / "m.gguf"), load(tmp_path / "hf")
+    from_gguf, from_hf = load(tmp_path / "m.gguf", dtype="float32"), load(tmp_path / "hf", dtype="float32")
     memory = LM.from_tensors(cfg, tensors, tok)
     assert from_gguf.config == cfg and from_hf.config == cfg
     ids = ids_for(cfg, 20)
@@ -107,7 +107,7 @@ def test_safetensors_bfloat16_and_sharded(tiny, tmp_path):
     cfg, tensors, tok = tiny
     d = save_hf_dir(tmp_path / "hf", cfg, tensors, tok, dtype=torch.bfloat16)
     w = load_weights(d)
-    assert w.tensor_types == {"torch.float32": len(tensors)}   # loaded as float32 compute copies
+    assert w.tensor_types == {"BF16": len(tensors)}          # as stored; loaded as float32 copies
     torch.testing.assert_close(w.tensors["layers.0.mlp.up_proj.weight"],
                                tensors["layers.0.mlp.up_proj.weight"].bfloat16().float())
     # Split into two shards with an index, as large checkpoints are.

@@ -68,6 +68,13 @@ class RingKVCache:
 
     def _write(self, k, v, pos):
         n = k.shape[2]
+        if n == 1:      # decode: one slot, no index tensor
+            slot = self.offset % self.window
+            self.k[:, :, slot] = k[:, :, 0]
+            self.v[:, :, slot] = v[:, :, 0]
+            self.pos[:, slot] = pos[:, 0]
+            self.offset += 1
+            return
         keep = min(n, self.window)
         start = self.offset + n - keep
         slots = torch.arange(start, start + keep) % self.window
@@ -80,10 +87,13 @@ class RingKVCache:
         if k.shape[2] == 1:
             # The evicted entry is exactly one window old: the new query no longer sees it.
             self._write(k, v, pos)
-            return self.k, self.v, self.pos
-        keys = torch.cat([self.k, k], dim=2)
-        values = torch.cat([self.v, v], dim=2)
-        key_pos = torch.cat([self.pos, pos], dim=1)
+            # Until the ring first wraps, slots fill in order: attend over the filled ones only.
+            n = min(self.offset, self.window)
+            return self.k[:, :, :n], self.v[:, :, :n], self.pos[:, :n]
+        filled = min(self.offset, self.window)      # slots fill in order until the ring first wraps
+        keys = torch.cat([self.k[:, :, :filled], k], dim=2)
+        values = torch.cat([self.v[:, :, :filled], v], dim=2)
+        key_pos = torch.cat([self.pos[:, :filled], pos], dim=1)
         self._write(k, v, pos)
         return keys, values, key_pos
 

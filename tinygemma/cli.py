@@ -13,6 +13,7 @@ COMMANDS = {
     "chat": "interactive multi-turn chat with the Gemma 3 chat template",
     "tokenize": "show the token ids of a text",
     "info": "describe a model file: architecture, tensor types, parameter counts",
+    "bench": "speed: tinygemma vs llama.cpp side by side",
 }
 
 

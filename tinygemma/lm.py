@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -13,23 +15,58 @@ from .generate import GenerationChunk, stream_generate
 from .model import Gemma3Model
 from .sampling import SamplingParams
 
+log = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-DEFAULT_DTYPE = "float32"   # the recommended setting until quantized fast paths land
+FAST = "int4"          # the fast CPU path: int4 decode weights, bfloat16 prefill copies (see fast.py)
+DEFAULT_DTYPE = FAST   # what dtype=None means
 
 
 def load(path: str | os.PathLike | None = None, dtype: str | None = None) -> "LM":
     """Load a GGUF file or Hugging Face directory (None: the embedded default Gemma 3 270M).
 
-    dtype: None (recommended: float32 for now), "float32" (the exact path) or "bfloat16".
+    dtype: None (recommended: the fast path, "int4"), "float32" (the exact path) or "bfloat16".
     """
     from .weights import load_weights
     from .weights.default import default_model_path
 
     name = DEFAULT_DTYPE if dtype is None else str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (float16 overflows in Gemma 3), got {dtype!r}")
-    weights = load_weights(default_model_path() if path is None else path)
+    if name != FAST and name not in DTYPES:
+        raise ValueError(f"dtype must be one of {FAST}, {', '.join(DTYPES)} (float16 overflows in Gemma 3), "
+                         f"got {dtype!r}")
+    source = default_model_path() if path is None else Path(path)
+    if name == FAST:
+        return _load_fast(source)
+    weights = load_weights(source)
     return LM.from_tensors(weights.config, weights.tensors, weights.tokenizer, DTYPES[name], weights)
+
+
+def _load_fast(source: Path) -> "LM":
+    """The fast model, from the converted-weights cache when it is there (a memory map: no conversion)."""
+    from . import fast
+    from .weights import load_weights
+    from .weights.default import cache_dir
+
+    cache_file = cache_dir() / "fast" / f"{fast.cache_key(source)}.safetensors"
+    buffers = None
+    if cache_file.is_file():
+        weights = load_weights(source, tensors=False)     # config, tokenizer and the strict shape check
+        try:
+            buffers = fast.map_buffers(cache_file)
+            model = fast.assemble(weights.config, buffers)
+        except (OSError, ValueError, KeyError, RuntimeError):
+            buffers = None                                # damaged cache: rebuild it below
+    if buffers is None:
+        weights = load_weights(source)
+        buffers = fast.convert(weights.config, weights.tensors)
+        weights.tensors = {}
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            fast.save_buffers(cache_file, buffers)
+        except OSError as e:
+            log.warning("could not write the converted-weights cache %s: %s", cache_file, e)
+        model = fast.assemble(weights.config, buffers)
+    return LM(model, weights.tokenizer, weights)
 
 
 class LM:

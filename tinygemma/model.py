@@ -33,9 +33,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Gemma: float32 statistics and a (1 + w) gain. The result stays float32: matmul inputs are
         # cast to the weights' dtype where they are used, so the residual stream is float32 throughout.
-        xf = x.float()
-        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return out * (1.0 + self.weight.float())
+        return F.rms_norm(x.float(), (x.shape[-1],), 1.0 + self.weight.float(), self.eps)
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, base: float, scale: float, dtype: torch.dtype):
@@ -67,6 +65,13 @@ def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None)
     return visible | ((q < 0) & (k == q))
 
 
+def input_dtype(linear: nn.Module, x: torch.Tensor) -> torch.dtype:
+    """The dtype a projection wants its input in: its weight's (nn.Linear), or as it is (quantized modules
+    cast for themselves)."""
+    w = getattr(linear, "weight", None)
+    return w.dtype if isinstance(w, torch.Tensor) else x.dtype
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: Gemma3Config, sliding: bool):
         super().__init__()
@@ -81,13 +86,21 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, cfg.hidden_size, bias=False)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.qkv_proj = None    # the fast path fuses q, k, v into one projection (one kernel call)
+
+    def project(self, x):
+        if self.qkv_proj is not None:
+            kv = self.n_kv * self.head_dim
+            return self.qkv_proj(x).split([self.n_heads * self.head_dim, kv, kv], dim=-1)
+        x = x.to(input_dtype(self.q_proj, x))
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def forward(self, x, cos, sin, positions, cache, masks: dict):
         b, n, _ = x.shape
-        x = x.to(self.q_proj.weight.dtype)
-        q = self.q_norm(self.q_proj(x).view(b, n, self.n_heads, self.head_dim)).transpose(1, 2)  # (B, H, L, D)
-        k = self.k_norm(self.k_proj(x).view(b, n, self.n_kv, self.head_dim)).transpose(1, 2)     # (B, Hkv, L, D)
-        v = self.v_proj(x).view(b, n, self.n_kv, self.head_dim).transpose(1, 2)
+        q, k, v = self.project(x)
+        q = self.q_norm(q.view(b, n, self.n_heads, self.head_dim)).transpose(1, 2)   # (B, H, L, D)
+        k = self.k_norm(k.view(b, n, self.n_kv, self.head_dim)).transpose(1, 2)      # (B, Hkv, L, D)
+        v = v.reshape(b, n, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
         if cache is not None:
             k, v, k_pos = cache.update(k, v, positions)
@@ -97,16 +110,23 @@ class Attention(nn.Module):
         mask = masks.get(self.sliding)
         if mask is None:
             mask = masks[self.sliding] = attention_mask(positions, k_pos, self.window if self.sliding else None)
-        if self.softcap is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale,
-                                                 enable_gqa=self.n_heads != self.n_kv)
+        if self.softcap is None and n > 1:
+            # A fresh sequence that fits the window is plainly causal: the kernel's own causal path
+            # skips the masked half instead of reading a mask.
+            causal = masks.get("fresh", False) and (not self.sliding or n <= self.window) and k.shape[2] == n
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+                                                 scale=self.scale, enable_gqa=self.n_heads != self.n_kv)
         else:
+            # Plain matmuls: softcapping needs them, and for one query they beat the fused kernel's setup.
+            # Query heads sharing a K/V head are grouped instead of repeating K and V.
             rep = self.n_heads // self.n_kv
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            scores = (q @ k.transpose(-1, -2)) * self.scale
-            scores = torch.tanh(scores / self.softcap) * self.softcap
-            scores = scores.masked_fill(~mask, float("-inf"))
-            out = scores.float().softmax(-1).to(q.dtype) @ v
+            qg = q.reshape(b, self.n_kv, rep * n, self.head_dim)                # (B, Hkv, rep*L, D)
+            scores = (qg @ k.transpose(-1, -2)) * self.scale                    # (B, Hkv, rep*L, S)
+            if self.softcap is not None:
+                scores = torch.tanh(scores / self.softcap) * self.softcap
+            scores = scores.view(b, self.n_kv, rep, n, -1).masked_fill(~mask[:, :, None], float("-inf"))
+            probs = scores.float().softmax(-1).to(v.dtype).view(b, self.n_kv, rep * n, -1)
+            out = (probs @ v).view(b, self.n_heads, n, self.head_dim)
         return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -116,10 +136,15 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = None    # the fast path fuses gate and up into one projection
 
     def forward(self, x):
-        x = x.to(self.up_proj.weight.dtype)
-        return self.down_proj(F.gelu(self.gate_proj(x), approximate="tanh") * self.up_proj(x))
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        else:
+            x = x.to(input_dtype(self.up_proj, x))
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.gelu(gate, approximate="tanh") * up)
 
 
 class Block(nn.Module):
@@ -156,18 +181,22 @@ class Gemma3Model(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """dtype of the layers' matrices (and of the KV cache)."""
-        return self.layers[0].mlp.up_proj.weight.dtype
+        """dtype of the attention inputs and the KV cache: that of the value projection's output."""
+        w = getattr(getattr(self.layers[0].self_attn, "v_proj", None), "weight", None)
+        return w.dtype if isinstance(w, torch.Tensor) else torch.float32
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor | None = None, cache: list | None = None,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, logit_slice: slice | None = None) -> torch.Tensor:
         """Logits (B, L, V) in float32 for token ids (B, L).
 
         positions: absolute positions (B, L); default continues the cache (or starts at 0). Position -1
         marks a padding token. cache: from make_cache(), updated in place. last_only: logits of the
         final position only (B, 1, V), which spares the vocabulary projection during prefill.
+        logit_slice: logits only for these positions (as for perplexity, which scores half a window).
         """
         cfg = self.config
+        # "fresh": default positions from 0 and nothing cached, so attention is plainly causal.
+        masks: dict = {"fresh": positions is None and not (cache and cache[0].offset)}
         if positions is None:
             start = cache[0].offset if cache else 0
             positions = torch.arange(start, start + ids.shape[1]).expand(ids.shape[0], -1)
@@ -178,14 +207,18 @@ class Gemma3Model(nn.Module):
             True: rope_tables(positions, cfg.head_dim, cfg.rope_local_base_freq, 1.0, torch.float32),
             False: rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, torch.float32),
         }
-        masks: dict = {}
         for i, layer in enumerate(self.layers):
             x = layer(x, ropes, positions, cache[i] if cache is not None else None, masks)
         if last_only:
             x = x[:, -1:]
+        elif logit_slice is not None:
+            x = x[:, logit_slice]
         x = self.norm(x)
-        head = self.lm_head.weight if self.lm_head is not None else self.embed_tokens.weight
-        logits = (x.to(head.dtype) @ head.T).float()
+        if self.lm_head is not None:
+            logits = self.lm_head(x).float()
+        else:
+            head = self.embed_tokens.weight
+            logits = (x.to(head.dtype) @ head.T).float()
         if cfg.final_logit_softcapping is not None:
             c = cfg.final_logit_softcapping
             logits = torch.tanh(logits / c) * c

@@ -27,8 +27,11 @@ class LoadedWeights:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def load_weights(path: str | os.PathLike) -> LoadedWeights:
-    """Load a .gguf file or a Hugging Face model directory."""
+def load_weights(path: str | os.PathLike, tensors: bool = True) -> LoadedWeights:
+    """Load a .gguf file or a Hugging Face model directory.
+
+    tensors=False checks names and shapes but reads no tensor data (`tensors` is then empty).
+    """
     from ..tokenizer import Tokenizer
 
     path = Path(path)
@@ -40,12 +43,9 @@ def load_weights(path: str | os.PathLike) -> LoadedWeights:
         if tok_file is None:
             raise WeightsError(f"{path}: no tokenizer.json or tokenizer.model")
         tokenizer = _tokenizer(Tokenizer.from_file, tok_file)
-        tensors = load_safetensors_dir(path, config)
-        types: dict[str, int] = {}
-        for t in tensors.values():
-            types[str(t.dtype)] = types.get(str(t.dtype), 0) + 1
+        loaded, types = load_safetensors_dir(path, config, read=tensors)
         size = sum(f.stat().st_size for f in safetensors_files(path))
-        return LoadedWeights(config, tensors, tokenizer, path, "safetensors", types, size)
+        return LoadedWeights(config, loaded, tokenizer, path, "safetensors", types, size)
     if not path.exists():
         raise WeightsError(f"{path}: no such file or directory")
     from .gguf import GGUFFile, config_from_gguf, load_gguf_tensors
@@ -56,12 +56,12 @@ def load_weights(path: str | os.PathLike) -> LoadedWeights:
     if tokenizer.vocab_size != config.vocab_size:
         raise WeightsError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, "
                            f"the embedding has {config.vocab_size} rows")
-    tensors = load_gguf_tensors(gf, config)
+    loaded = load_gguf_tensors(gf, config, read=tensors)
     types = {}
     for info in gf.tensors.values():
         types[info.type.name] = types.get(info.type.name, 0) + 1
     meta = {k: v for k, v in gf.metadata.items() if not k.startswith("tokenizer.ggml.")}
-    return LoadedWeights(config, tensors, tokenizer, path, "gguf", types, gf.file_size, meta)
+    return LoadedWeights(config, loaded, tokenizer, path, "gguf", types, gf.file_size, meta)
 
 
 def _tokenizer(build, arg, source=None):

@@ -299,13 +299,18 @@ def config_from_gguf(gf: GGUFFile) -> Gemma3Config:
         raise WeightsError(f"{gf.path}: {e}") from None
 
 
-def load_gguf_tensors(gf: GGUFFile, config: Gemma3Config) -> dict[str, torch.Tensor]:
-    """Dequantized float32 tensors under our names, after a strict name and shape check of the whole file."""
+def load_gguf_tensors(gf: GGUFFile, config: Gemma3Config, read: bool = True) -> dict[str, torch.Tensor]:
+    """Dequantized float32 tensors under our names, after a strict name and shape check of the whole file.
+
+    read=False: only the check.
+    """
     table = tensor_table(config.num_hidden_layers, config.tie_word_embeddings)
     to_ours = {g: (ours, norm) for ours, g, norm in table}
     check_tensors({to_ours[n][0] if n in to_ours else n: info.shape for n, info in gf.tensors.items()},
                   config, gf.path, rename={ours: g for ours, g, _ in table})
     out = {}
+    if not read:
+        return out
     for g_name, (ours, is_norm) in to_ours.items():
         arr = torch.from_numpy(np.ascontiguousarray(gf.load(g_name)))
         # llama.cpp's converter stores RMSNorm weights as 1 + w; the model applies (1 + w) itself.

@@ -51,11 +51,15 @@ def safetensors_files(path: Path) -> list[Path]:
     return files
 
 
-def load_safetensors_dir(path: Path, config: Gemma3Config) -> dict[str, torch.Tensor]:
-    """float32 tensors under our names, after a strict name and shape check across all shards."""
+def load_safetensors_dir(path: Path, config: Gemma3Config, read: bool = True
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, int]]:
+    """float32 tensors under our names, after a strict name and shape check across all shards, and the
+    count of tensors per stored dtype. read=False: only the check (no tensors returned).
+    """
     handles = {}
     shapes = {}
     original = {}
+    stored: dict[str, int] = {}
     for file in safetensors_files(path):
         try:
             f = safe_open(str(file), framework="pt")
@@ -65,7 +69,9 @@ def load_safetensors_dir(path: Path, config: Gemma3Config) -> dict[str, torch.Te
                     continue
                 if ours in shapes:
                     raise WeightsError(f"{file}: duplicate tensor {name}")
-                shapes[ours] = tuple(f.get_slice(name).get_shape())
+                tslice = f.get_slice(name)
+                shapes[ours] = tuple(tslice.get_shape())
+                stored[tslice.get_dtype()] = stored.get(tslice.get_dtype(), 0) + 1
                 handles[ours] = (f, name)
                 original[ours] = name
         except SafetensorError as e:
@@ -78,6 +84,8 @@ def load_safetensors_dir(path: Path, config: Gemma3Config) -> dict[str, torch.Te
     hf_name = {n: "lm_head.weight" if n == "lm_head.weight" else f"model.{n}" for n in expected_shapes(config)}
     check_tensors(shapes, config, path, rename={**hf_name, **original})
     out = {}
+    if not read:
+        return out, stored
     for ours, (f, name) in handles.items():
         try:
             t = f.get_tensor(name)
@@ -86,4 +94,4 @@ def load_safetensors_dir(path: Path, config: Gemma3Config) -> dict[str, torch.Te
         if not t.dtype.is_floating_point:
             raise WeightsError(f"{path}: tensor {name} has non-float dtype {t.dtype}")
         out[ours] = t.to(torch.float32)
-    return out
+    return out, stored

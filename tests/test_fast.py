@@ -1,0 +1,116 @@
+"""The fast path (int8 layers, int4 rescored head, int8 embedding, converted-weights cache) on tiny models."""
+
+import math
+
+import pytest
+import torch
+
+from tinygemma import fast
+from tinygemma.export.gguf import save_gguf
+from tinygemma.lm import LM, load
+from tinygemma.quant import Int4Linear, Int8Embedding, Int8Linear, RescoredHead
+
+from test_model import ids_for
+from tinymodels import random_tensors, tiny_config, tiny_tokenizer
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, 8, 40])
+@pytest.mark.parametrize("k", [64, 40])
+def test_int8_linear_close_to_float(rows, k):
+    g = torch.Generator().manual_seed(rows)
+    w, x = torch.randn(48, k, generator=g), torch.randn(rows, k, generator=g)
+    lin = Int8Linear.from_float(w)
+    ref = x @ w.T
+    got = lin(x)
+    assert got.dtype == torch.float32 and got.shape == ref.shape
+    # per-row int8 weights plus bfloat16 activations: ~1% of the output scale
+    assert (got - ref).abs().max() <= 0.02 * ref.abs().max()
+    deq = lin.dequantized().float()
+    # half a quantization step, plus bfloat16 rounding of the dequantized value
+    bound = w.abs().amax(1, keepdim=True) * (1 / 254 * 1.01 + 2 ** -8)
+    assert ((deq - w).abs() <= bound).all()
+
+
+def test_int4_linear_pads_rows_and_matches_its_dequantization():
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(50, 64, generator=g), torch.randn(2, 64, generator=g)
+    lin = Int4Linear.from_float(w)
+    got = lin(x)
+    assert got.shape == (2, 50)
+    assert (got - x @ w.T).abs().max() <= 0.25 * (x @ w.T).abs().max()
+    assert not Int4Linear.supports(40) and Int4Linear.supports(640)
+
+
+def test_int8_embedding_reproduces_q8_0_exactly():
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    w = torch.randn(20, 64).numpy()
+    q8 = torch.from_numpy(dequantize(quantize(w, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0))
+    emb = Int8Embedding.from_float(q8)
+    ids = torch.tensor([[3, 0, 19]])
+    assert torch.equal(emb(ids), q8[ids])
+
+
+def test_rescored_head_top_candidates_are_exact():
+    g = torch.Generator().manual_seed(1)
+    table = torch.randn(400, 64, generator=g)
+    exact_table = Int8Embedding.from_float(table)
+    head = RescoredHead(Int4Linear.from_float(table), exact_table, k=16)
+    x = torch.randn(5, 64, generator=g)
+    exact = x @ exact_table(torch.arange(400)).T
+    got = head(x)
+    top = exact.topk(8, dim=-1).indices
+    torch.testing.assert_close(got.gather(-1, top), exact.gather(-1, top), atol=1e-4, rtol=0)
+    assert torch.equal(got.argmax(-1), exact.argmax(-1))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = tiny_config(tie_word_embeddings=False)
+    tensors = random_tensors(cfg, seed=11)
+    return cfg, tensors, LM.from_tensors(cfg, tensors, tiny_tokenizer())
+
+
+def test_fast_model_close_to_exact(tiny):
+    cfg, tensors, exact = tiny
+    fast_lm = LM(fast.build_fast_model(cfg, tensors), exact.tokenizer)
+    ids = ids_for(cfg, 30)
+    a, b = exact.logits(ids), fast_lm.logits(ids)
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+    assert (a - b).abs().max() < 0.1 * a.abs().max()
+    # decode path (int8 kernel) and prefill path (bfloat16 GEMM) agree on greedy tokens here
+    assert fast_lm.generate(ids[:5], max_tokens=10) == exact.generate(ids[:5], max_tokens=10)
+
+
+def test_fast_perplexity_within_one_percent_of_float32(tiny):
+    """The quality guard of the fast path, on a tiny model: same perplexity method as the real one."""
+    from tinygemma.eval.perplexity import perplexity
+
+    cfg, tensors, exact = tiny
+    fast_lm = LM(fast.build_fast_model(cfg, tensors), exact.tokenizer)
+    text = "the cat sat on the mat. " * 60
+    a = perplexity(exact, text, ctx=64)
+    b = perplexity(fast_lm, text, ctx=64)
+    assert a.chunks == b.chunks >= 3 and a.tokens_scored == b.tokens_scored
+    assert math.isfinite(a.ppl) and abs(b.ppl / a.ppl - 1) < 0.01
+
+
+def test_cache_file_round_trip_and_default_load(tiny, tmp_path, monkeypatch):
+    cfg, tensors, exact = tiny
+    monkeypatch.setenv("TINYGEMMA_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "tiny.gguf"
+    save_gguf(path, cfg, tensors, exact.tokenizer)
+    first = load(path)                                   # the default: converts and writes the cache
+    files = list((tmp_path / "cache" / "fast").glob("*.safetensors"))
+    assert len(files) == 1
+    second = load(path)                                  # maps the cache
+    assert isinstance(second.model.layers[0].mlp.gate_up_proj, Int8Linear)
+    ids = ids_for(cfg, 12)
+    torch.testing.assert_close(first.logits(ids), second.logits(ids), atol=0, rtol=0)
+    # a damaged cache is rebuilt, not trusted
+    files[0].write_bytes(b"garbage")
+    third = load(path)
+    torch.testing.assert_close(third.logits(ids), first.logits(ids), atol=0, rtol=0)
+    # the exact path is still there
+    assert load(path, dtype="float32").model.layers[0].mlp.up_proj.weight.dtype == torch.float32
