@@ -20,10 +20,12 @@ import torch
 from .config import SLIDING, Gemma3Config
 
 
-class KVCache:
-    """Full cache for global-attention layers; grows by doubling (or is preallocated to `capacity`)."""
+class _Buffers:
+    """K, V and position buffers (B, H, capacity, D) that grow by doubling up to `limit` entries."""
 
-    def __init__(self, batch: int, n_heads: int, head_dim: int, dtype: torch.dtype, capacity: int = 256):
+    def __init__(self, batch: int, n_heads: int, head_dim: int, dtype: torch.dtype, capacity: int, limit: int):
+        self.limit = limit
+        capacity = min(capacity, limit)
         self.k = torch.zeros(batch, n_heads, capacity, head_dim, dtype=dtype)
         self.v = torch.zeros_like(self.k)
         self.pos = torch.full((batch, capacity), -1, dtype=torch.long)
@@ -33,12 +35,19 @@ class KVCache:
         cap = self.k.shape[2]
         if n <= cap:
             return
-        new_cap = max(n, 2 * cap)
-        grow = new_cap - cap
+        grow = min(max(n, 2 * cap), self.limit) - cap
         b, h, _, d = self.k.shape
         self.k = torch.cat([self.k, self.k.new_zeros(b, h, grow, d)], dim=2)
         self.v = torch.cat([self.v, self.v.new_zeros(b, h, grow, d)], dim=2)
         self.pos = torch.cat([self.pos, self.pos.new_full((b, grow), -1)], dim=1)
+
+
+class KVCache(_Buffers):
+    """Full cache for global-attention layers; grows by doubling up to the context length."""
+
+    def __init__(self, batch: int, n_heads: int, head_dim: int, dtype: torch.dtype, capacity: int = 256,
+                 limit: int = 1 << 62):
+        super().__init__(batch, n_heads, head_dim, dtype, capacity, limit)
 
     def update(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor):
         n = k.shape[2]
@@ -56,18 +65,20 @@ class KVCache:
         self.pos[:, self.offset:] = -1
 
 
-class RingKVCache:
-    """Ring buffer of `window` entries for sliding-window layers (slot = entry index % window)."""
+class RingKVCache(_Buffers):
+    """Ring buffer of `window` entries for sliding-window layers (slot = entry index % window).
 
-    def __init__(self, batch: int, n_heads: int, head_dim: int, dtype: torch.dtype, window: int):
+    It starts small and grows to the window as entries arrive; before its first wrap the slots fill in order.
+    """
+
+    def __init__(self, batch: int, n_heads: int, head_dim: int, dtype: torch.dtype, window: int,
+                 capacity: int = 256):
+        super().__init__(batch, n_heads, head_dim, dtype, capacity, limit=window)
         self.window = window
-        self.k = torch.zeros(batch, n_heads, window, head_dim, dtype=dtype)
-        self.v = torch.zeros_like(self.k)
-        self.pos = torch.full((batch, window), -1, dtype=torch.long)
-        self.offset = 0
 
     def _write(self, k, v, pos):
         n = k.shape[2]
+        self._reserve(min(self.offset + n, self.window))
         if n == 1:      # decode: one slot, no index tensor
             slot = self.offset % self.window
             self.k[:, :, slot] = k[:, :, 0]
@@ -102,6 +113,6 @@ def make_cache(config: Gemma3Config, batch: int = 1, dtype: torch.dtype = torch.
                capacity: int = 256) -> list:
     """One cache per layer: RingKVCache for sliding layers, KVCache for full-attention layers."""
     shape = (batch, config.num_key_value_heads, config.head_dim, dtype)
-    return [RingKVCache(*shape, window=config.sliding_window) if t == SLIDING
-            else KVCache(*shape, capacity=min(capacity, config.max_position_embeddings))
+    return [RingKVCache(*shape, window=config.sliding_window, capacity=capacity) if t == SLIDING
+            else KVCache(*shape, capacity=capacity, limit=config.max_position_embeddings)
             for t in config.layer_types]
