@@ -18,14 +18,14 @@ from .sampling import SamplingParams
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-FAST = "int4"          # the fast CPU path: int4 decode weights, bfloat16 prefill copies (see fast.py)
+FAST = "fast"          # the fast CPU path: int8 layers, int4 rescored output projection (see fast.py)
 DEFAULT_DTYPE = FAST   # what dtype=None means
 
 
 def load(path: str | os.PathLike | None = None, dtype: str | None = None) -> "LM":
     """Load a GGUF file or Hugging Face directory (None: the embedded default Gemma 3 270M).
 
-    dtype: None (recommended: the fast path, "int4"), "float32" (the exact path) or "bfloat16".
+    dtype: None (recommended: the fast path, also named "fast"), "float32" (the exact path) or "bfloat16".
     """
     from .weights import load_weights
     from .weights.default import default_model_path

@@ -13,7 +13,8 @@ DEFAULT_MAX_TOKENS = 256
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="PATH", help="GGUF file or Hugging Face directory (default: the embedded Gemma 3 270M)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype (default: the recommended setting)")
+    p.add_argument("--dtype", choices=["fast", "float32", "bfloat16"],
+                   help="fast (default: int8/int4 weights), float32 (exact) or bfloat16")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -27,6 +27,7 @@ def main(args) -> int:
         sys.stdout.write(last.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
     if args.verbose and last is not None:
         print(f"prompt: {last.prompt_tokens} tokens, {last.prompt_tps:.1f} tok/s | generated: "
               f"{last.generated_tokens} tokens, {last.generation_tps:.1f} tok/s | finish: {last.finish_reason}",
