@@ -16,7 +16,7 @@ def describe(path) -> dict:
     from ..weights import load_weights
     from ..weights.default import default_model_path
 
-    w = load_weights(path or default_model_path())
+    w = load_weights(path or default_model_path(), tensors=False)   # headers only: no tensor data read
     cfg = w.config
     emb = cfg.vocab_size * cfg.hidden_size
     total = cfg.num_parameters
