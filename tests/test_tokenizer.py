@@ -404,18 +404,26 @@ def _model_proto(tokens, scores, types, *, model_type=2, bos=2, eos=1, unk=3, pa
     return bytes(out)
 
 
-def test_sentencepiece_model_round_trip(tmp_path):
+def _synthetic_vocab():
     meta = _synthetic_meta()
-    tokens, scores, types = (meta[k] for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"))
+    return (meta, *(meta[k] for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")))
+
+
+def _assert_same_vocabulary(other: Tokenizer, ref: Tokenizer, tokens):
+    assert other.vocab_size == ref.vocab_size
+    assert (other.bos_id, other.eos_id, other.unk_id, other.pad_id) == (2, 1, 3, 0)
+    assert other.add_space_prefix is False and other.add_bos is True
+    assert [other.id_to_piece(i) for i in range(other.vocab_size)] == tokens
+    _check_same_ids(ref, other)
+
+
+def test_sentencepiece_model_round_trip(tmp_path):
+    meta, tokens, scores, types = _synthetic_vocab()
     path = tmp_path / "tokenizer.model"
     path.write_bytes(_model_proto(tokens, scores, types))
     ref = Tokenizer.from_gguf_metadata(meta)
     sp = Tokenizer.from_file(path)
-    assert sp.vocab_size == ref.vocab_size
-    assert (sp.bos_id, sp.eos_id, sp.unk_id, sp.pad_id) == (2, 1, 3, 0)
-    assert sp.add_space_prefix is False and sp.add_bos is True
-    assert [sp.id_to_piece(i) for i in range(sp.vocab_size)] == tokens
-    _check_same_ids(ref, sp)
+    _assert_same_vocabulary(sp, ref, tokens)
     assert Tokenizer.from_file(tmp_path).vocab_size == ref.vocab_size    # directory lookup
 
     # pad_id -1 is a 10-byte varint; a unigram model is refused.
@@ -459,8 +467,7 @@ def _hf_tokenizer_json(tokens, scores, types) -> dict:
 
 @pytest.mark.parametrize("merge_style", ["list", "string"])
 def test_hf_tokenizer_json_round_trip(tmp_path, merge_style):
-    meta = _synthetic_meta()
-    tokens, scores, types = (meta[k] for k in ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type"))
+    meta, tokens, scores, types = _synthetic_vocab()
     doc = _hf_tokenizer_json(tokens, scores, types)
     if merge_style == "string":
         doc["model"]["merges"] = [" ".join(m) for m in doc["model"]["merges"]]
@@ -468,12 +475,8 @@ def test_hf_tokenizer_json_round_trip(tmp_path, merge_style):
     path.write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
     ref = Tokenizer.from_gguf_metadata(meta)
     hf = Tokenizer.from_file(path)
-    assert hf.vocab_size == ref.vocab_size
-    assert (hf.bos_id, hf.eos_id, hf.unk_id, hf.pad_id) == (2, 1, 3, 0)
-    assert hf.add_bos is True and hf.add_space_prefix is False
-    assert [hf.id_to_piece(i) for i in range(hf.vocab_size)] == tokens
+    _assert_same_vocabulary(hf, ref, tokens)
     assert [hf.is_special(i) for i in range(hf.vocab_size)] == [ref.is_special(i) for i in range(ref.vocab_size)]
-    _check_same_ids(ref, hf)
     assert hf.stop_ids == ref.stop_ids
 
 

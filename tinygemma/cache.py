@@ -59,11 +59,6 @@ class KVCache(_Buffers):
         self.offset = end
         return self.k[:, :, :end], self.v[:, :, :end], self.pos[:, :end]
 
-    def trim(self, n: int):
-        """Forget the last `n` entries (used to roll back speculative or rejected tokens)."""
-        self.offset = max(0, self.offset - n)
-        self.pos[:, self.offset:] = -1
-
 
 class RingKVCache(_Buffers):
     """Ring buffer of `window` entries for sliding-window layers (slot = entry index % window).
