@@ -114,3 +114,18 @@ def test_cache_file_round_trip_and_default_load(tiny, tmp_path, monkeypatch):
     torch.testing.assert_close(third.logits(ids), first.logits(ids), atol=0, rtol=0)
     # the exact path is still there
     assert load(path, dtype="float32").model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+
+
+def test_shapes_the_kernels_do_not_take_fall_back():
+    """hidden 48 (not a multiple of the int4 group) -> int8 output projection; widths 40 (not a multiple of
+    16, which the int8 kernel needs) -> bfloat16 GEMMs. Results stay close to the exact model."""
+    cfg = tiny_config(hidden_size=48, intermediate_size=40, head_dim=10, query_pre_attn_scalar=10.0)
+    tensors = random_tensors(cfg, seed=5)
+    exact = LM.from_tensors(cfg, tensors, tiny_tokenizer())
+    model = fast.build_fast_model(cfg, tensors)
+    assert isinstance(model.lm_head.approx, Int8Linear)
+    ids = ids_for(cfg, 16)
+    a, b = exact.logits(ids), LM(model, exact.tokenizer).logits(ids)
+    assert torch.isfinite(b).all()
+    assert (a - b).abs().max() < 0.1 * a.abs().max()
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.8

@@ -112,6 +112,8 @@ class Int8Embedding(nn.Module):
     @classmethod
     def from_float(cls, w: torch.Tensor, group: int = 32) -> "Int8Embedding":
         v, h = w.shape
+        if h % group:
+            group = h       # widths Q8_0 cannot hold: one scale per row
         g = w.float().reshape(v, h // group, group)
         # Q8_0: scale = absmax / 127; an already-Q8_0 table round-trips exactly (its absmax is 127 * scale).
         scale = g.abs().amax(-1) / 127
