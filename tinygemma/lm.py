@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -58,6 +59,9 @@ def _load_fast(source: Path) -> "LM":
             buffers = None                                # damaged cache: rebuild it below
     if buffers is None:
         weights = load_weights(source)
+        # One-time work of ~15 s for the default model: say so rather than look hung.
+        print(f"tinygemma: converting {source.name} for the fast path (once; cached in {cache_file.parent})",
+              file=sys.stderr, flush=True)
         buffers = fast.convert(weights.config, weights.tensors)
         weights.tensors = {}
         try:
