@@ -71,6 +71,11 @@ class RingKVCache(_Buffers):
         super().__init__(batch, n_heads, head_dim, dtype, capacity, limit=window)
         self.window = window
 
+    @property
+    def filled(self) -> int:
+        """Slots in use; until the ring first wraps they are the first ones, in order."""
+        return min(self.offset, self.window)
+
     def _write(self, k, v, pos):
         n = k.shape[2]
         self._reserve(min(self.offset + n, self.window))
@@ -93,10 +98,9 @@ class RingKVCache(_Buffers):
         if k.shape[2] == 1:
             # The evicted entry is exactly one window old: the new query no longer sees it.
             self._write(k, v, pos)
-            # Until the ring first wraps, slots fill in order: attend over the filled ones only.
-            n = min(self.offset, self.window)
+            n = self.filled      # attend over the filled slots only
             return self.k[:, :, :n], self.v[:, :, :n], self.pos[:, :n]
-        filled = min(self.offset, self.window)      # slots fill in order until the ring first wraps
+        filled = self.filled
         keys = torch.cat([self.k[:, :, :filled], k], dim=2)
         values = torch.cat([self.v[:, :, :filled], v], dim=2)
         key_pos = torch.cat([self.pos[:, :filled], pos], dim=1)

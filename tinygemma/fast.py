@@ -1,9 +1,10 @@
-"""The fast CPU path: int4 weights for decode, bfloat16 copies for prefill, an int8 embedding, and an
-on-disk cache of the converted weights so later loads only map a file.
+"""The fast CPU path: int8 layer weights, an int4 output projection rescored exactly for its top candidates,
+an int8 embedding, and an on-disk cache of the converted weights so later loads only map a file.
 
-The converted model is a Gemma3Model whose Linear layers are Int4Linear modules, whose embedding is an
-Int8Embedding and whose output projection is an int4 copy of the embedding. Everything else (norms,
-RoPE, attention, the float32 residual stream) is the exact path's code.
+The converted model is a Gemma3Model whose projections are fused Int8Linear modules (q/k/v and gate/up
+each one matrix), whose embedding is an Int8Embedding and whose output projection is a RescoredHead.
+Everything else (RoPE, attention, the float32 residual stream) is the exact path's code; norms use
+FrozenRMSNorm, the same math with the (1 + w) gain computed once.
 """
 
 from __future__ import annotations
@@ -44,11 +45,10 @@ def convert(config: Gemma3Config, tensors: dict[str, torch.Tensor]) -> dict[str,
             out[f"layers.{i}.{fused}.q"], out[f"layers.{i}.{fused}.scales"] = lin.q, lin.scales
     for name in ("embed_tokens", "lm_head"):
         if f"{name}.weight" in tensors:
-            w = tensors[f"{name}.weight"]
-            table = Int8Embedding.from_float(w)
+            table = Int8Embedding.from_float(tensors[f"{name}.weight"])
             out[f"{name}.q"], out[f"{name}.scales"] = table.q, table.scales
-            head = w
     # The output projection (lm_head if untied, else the embedding): int4 where the kernel allows.
+    head = tensors.get("lm_head.weight", tensors["embed_tokens.weight"])
     if Int4Linear.supports(config.hidden_size):
         approx = Int4Linear.from_float(head)
         out["head.packed"], out["head.scales_zeros"] = approx.packed, approx.scales_zeros

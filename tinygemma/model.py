@@ -106,15 +106,16 @@ class Attention(nn.Module):
             k, v, k_pos = cache.update(k, v, positions)
         else:
             k_pos = positions
-        # Every layer of one kind sees the same key positions, so its mask is built once per forward.
-        mask = masks.get(self.sliding)
-        if mask is None:
+        # A fresh sequence that fits the window is plainly causal: the kernel's own causal path skips the
+        # masked half, and no mask is built.
+        causal = (self.softcap is None and n > 1 and masks.get("fresh", False)
+                  and (not self.sliding or n <= self.window) and k.shape[2] == n)
+        mask = None if causal else masks.get(self.sliding)
+        if mask is None and not causal:
+            # Every layer of one kind sees the same key positions, so its mask is built once per forward.
             mask = masks[self.sliding] = attention_mask(positions, k_pos, self.window if self.sliding else None)
         if self.softcap is None and n > 1:
-            # A fresh sequence that fits the window is plainly causal: the kernel's own causal path
-            # skips the masked half instead of reading a mask.
-            causal = masks.get("fresh", False) and (not self.sliding or n <= self.window) and k.shape[2] == n
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if causal else mask, is_causal=causal,
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                  scale=self.scale, enable_gqa=self.n_heads != self.n_kv)
         else:
             # Plain matmuls: softcapping needs them, and for one query they beat the fused kernel's setup.
