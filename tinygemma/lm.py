@@ -19,7 +19,7 @@ from .sampling import SamplingParams
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-FAST = "fast"          # the fast CPU path: int8 layers, int4 rescored output projection (see fast.py)
+FAST = "fast"          # the fast CPU path: int8 layers and output projection (see fast.py)
 DEFAULT_DTYPE = FAST   # what dtype=None means
 
 
@@ -45,16 +45,18 @@ def load(path: str | os.PathLike | None = None, dtype: str | None = None) -> "LM
 def _load_fast(source: Path) -> "LM":
     """The fast model, from the converted-weights cache when it is there (a memory map: no conversion)."""
     from . import fast
+    from .kernels import q8
     from .weights import load_weights
     from .weights.default import cache_dir
 
-    cache_file = cache_dir() / "fast" / f"{fast.cache_key(source)}.safetensors"
+    kernels = q8()
+    cache_file = cache_dir() / "fast" / f"{fast.cache_key(source, kernels is not None)}.weights"
     buffers = None
     if cache_file.is_file():
         weights = load_weights(source, tensors=False)     # config, tokenizer and the strict shape check
         try:
             buffers = fast.map_buffers(cache_file)
-            model = fast.assemble(weights.config, buffers)
+            model = fast.assemble(weights.config, buffers, kernels)
         except (OSError, ValueError, KeyError, RuntimeError):
             buffers = None                                # damaged cache: rebuild it below
     if buffers is None:
@@ -62,14 +64,14 @@ def _load_fast(source: Path) -> "LM":
         # One-time work of ~15 s for the default model: say so rather than look hung.
         print(f"tinygemma: converting {source.name} for the fast path (once; cached in {cache_file.parent})",
               file=sys.stderr, flush=True)
-        buffers = fast.convert(weights.config, weights.tensors)
+        buffers = fast.convert(weights.config, weights.tensors, native=kernels is not None)
         weights.tensors = {}
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
             fast.save_buffers(cache_file, buffers)
         except OSError as e:
             log.warning("could not write the converted-weights cache %s: %s", cache_file, e)
-        model = fast.assemble(weights.config, buffers)
+        model = fast.assemble(weights.config, buffers, kernels)
     return LM(model, weights.tokenizer, weights)
 
 

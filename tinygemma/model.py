@@ -87,6 +87,7 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.qkv_proj = None    # the fast path fuses q, k, v into one projection (one kernel call)
+        self.attend_one = None  # the fast path's native single-query attention (kernels.Q8.attend)
 
     def project(self, x):
         if self.qkv_proj is not None:
@@ -106,6 +107,11 @@ class Attention(nn.Module):
             k, v, k_pos = cache.update(k, v, positions)
         else:
             k_pos = positions
+        if self.attend_one is not None and n == 1 and self.softcap is None and v.dtype == torch.float32 \
+                and k.stride() == v.stride() and k.stride(-1) == 1:
+            out = self.attend_one(q[:, :, 0], k, v, k_pos, positions[:, 0], self.window if self.sliding else None,
+                                  self.scale)[:, :, None]
+            return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
         # A fresh sequence that fits the window is plainly causal: the kernel's own causal path skips the
         # masked half, and no mask is built.
         causal = (self.softcap is None and n > 1 and masks.get("fresh", False)
@@ -141,7 +147,10 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if self.gate_up_proj is not None:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            gate_up = self.gate_up_proj(x)
+            if hasattr(self.down_proj, "from_gate_up"):    # native: the activation fused with quantization
+                return self.down_proj.from_gate_up(gate_up)
+            gate, up = gate_up.chunk(2, dim=-1)
         else:
             x = x.to(input_dtype(self.up_proj, x))
             gate, up = self.gate_proj(x), self.up_proj(x)
@@ -163,9 +172,15 @@ class Block(nn.Module):
     def forward(self, x, ropes, positions, cache, masks):
         cos, sin = ropes[self.sliding]
         h = self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, masks)
-        x = x + self.post_attention_layernorm(h)
+        x = add_normed(x, self.post_attention_layernorm, h)
         h = self.mlp(self.pre_feedforward_layernorm(x))
-        return x + self.post_feedforward_layernorm(h)
+        return add_normed(x, self.post_feedforward_layernorm, h)
+
+
+def add_normed(x: torch.Tensor, norm: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """x + norm(h), fused where the norm offers it (the fast path's FrozenRMSNorm.add_to)."""
+    add_to = getattr(norm, "add_to", None)
+    return add_to(x, h) if add_to is not None else x + norm(h)
 
 
 class Gemma3Model(nn.Module):

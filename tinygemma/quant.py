@@ -15,9 +15,13 @@ are float32.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .kernels import Q8, pack
 
 GROUP_SIZE = 32          # int4 group (values sharing one scale and zero point)
 DENSE_MIN_ROWS = 8       # inputs with at least this many rows use a bfloat16 GEMM
@@ -52,6 +56,104 @@ class Int8Linear(nn.Module):
         else:
             y = torch.ops.aten._weight_int8pack_mm(x2, self.q, self.scales)
         return y.float().reshape(*lead, self.out_features)
+
+
+class Quantized(NamedTuple):
+    """Activations already quantized for the native kernels (what NormQuantize hands a projection)."""
+    q: torch.Tensor         # (M, K) uint8
+    scales: torch.Tensor    # (M, K / 64, 16) float32
+    shape: torch.Size       # the float input's shape
+
+
+class NativeInt8Linear(nn.Module):
+    """y = x @ W.T on the native VNNI kernel: W int8 per output row (tile layout), activations int8 per
+    32 values. Accepts float inputs or Quantized ones. Output float32."""
+
+    def __init__(self, kernels: Q8, packed: torch.Tensor, scales: torch.Tensor, out_features: int):
+        super().__init__()
+        self.kernels, self.out_features, self.in_features = kernels, out_features, packed.shape[1]
+        self.register_buffer("q", packed, persistent=False)          # (N rounded up to 4, K) int8
+        self.register_buffer("scales", scales, persistent=False)     # (N rounded up to 4,) float32
+
+    @staticmethod
+    def supports(in_features: int) -> bool:
+        return in_features % 64 == 0
+
+    @staticmethod
+    def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(packed int8, row scales float32) of a float weight (N, K)."""
+        w = w.float()
+        scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+        return pack(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale)
+
+    def forward(self, x: torch.Tensor | Quantized) -> torch.Tensor:
+        if not isinstance(x, Quantized):
+            x = Quantized(*self.kernels.quantize(x.reshape(-1, self.in_features).float()), x.shape)
+        y = self.kernels.matmul(x.q, x.scales, self.q, self.scales, self.out_features)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def from_gate_up(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """This projection of gelu_tanh(gate) * up, for gate_up = [gate | up] (..., 2K) float32."""
+        lead = gate_up.shape[:-1]
+        q, s = self.kernels.quantize_geglu(gate_up.reshape(-1, 2 * self.in_features))
+        return self(Quantized(q, s, torch.Size((*lead, self.in_features))))
+
+
+class NormQuantize(nn.Module):
+    """Gemma's RMSNorm fused with the quantization of its output for a NativeInt8Linear."""
+
+    def __init__(self, kernels: Q8, weight: torch.Tensor, eps: float):
+        super().__init__()
+        self.kernels, self.eps = kernels, eps
+        self.register_buffer("gain", 1.0 + weight.float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> Quantized:
+        q, s = self.kernels.quantize(x.reshape(-1, x.shape[-1]).float(), self.gain, self.eps)
+        return Quantized(q, s, x.shape)
+
+
+class Q8Table(nn.Module):
+    """A Q8_0 table (int8 per 32 values, float32 scales) in the native kernels' tile layout, serving as the
+    embedding (row lookup) and as the tied output projection (the VNNI kernel, exact Q8_0 weights)."""
+
+    def __init__(self, kernels: Q8, packed: torch.Tensor, scales: torch.Tensor, rows: int):
+        super().__init__()
+        self.kernels, self.rows, self.width = kernels, rows, packed.shape[1]
+        self.register_buffer("q", packed, persistent=False)          # (V rounded up to 4, H) int8
+        self.register_buffer("scales", scales, persistent=False)     # (V rounded up to 4, H / 32) float32
+
+    @staticmethod
+    def supports(width: int) -> bool:
+        return width % 64 == 0
+
+    @staticmethod
+    def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        table = Int8Embedding.from_float(w, group=32)
+        return pack(table.q, table.scales)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Embedding rows (..., H) float32."""
+        h = self.width
+        t, i = ids // 4, ids % 4
+        q = self.q.view(-1, h // 64, 4, 64)[t, :, i].reshape(*ids.shape, h // 32, 32)
+        s = self.scales.view(-1, h // 64, 4, 2)[t, :, i].reshape(*ids.shape, h // 32)
+        return (q.float() * s[..., None]).flatten(-2)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ table.T (float32, (..., V))."""
+        q, s = self.kernels.quantize(x.reshape(-1, self.width).float())
+        return self.kernels.matmul(q, s, self.q, self.scales, self.rows).reshape(*x.shape[:-1], self.rows)
+
+
+class TiedHead(nn.Module):
+    """Output projection through a Q8Table (the embedding, or an untied lm_head stored the same way)."""
+
+    def __init__(self, table: Q8Table):
+        super().__init__()
+        self.table = table
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table.logits(x)
 
 
 def quantize_int4(w: torch.Tensor, group_size: int = GROUP_SIZE) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,13 +246,22 @@ class RescoredHead(nn.Module):
 
 
 class FrozenRMSNorm(nn.Module):
-    """Gemma's RMSNorm with its (1 + w) gain computed once: for inference-only models."""
+    """Gemma's RMSNorm with its (1 + w) gain computed once: for inference-only models. With native kernels,
+    float32 inputs take the C path, and `add_to` fuses the residual update of Gemma's post-norms."""
 
-    def __init__(self, weight: torch.Tensor, eps: float):
+    def __init__(self, weight: torch.Tensor, eps: float, kernels: Q8 | None = None):
         super().__init__()
-        self.eps = eps
+        self.eps, self.kernels = eps, kernels
         self.weight = nn.Parameter(weight.float(), requires_grad=False)   # w, as in RMSNorm
         self.register_buffer("gain", 1.0 + self.weight.detach(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernels is not None and x.dtype == torch.float32:
+            return self.kernels.rmsnorm(x.contiguous(), self.gain, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), self.gain, self.eps)
+
+    def add_to(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """x + norm(h); with native kernels, x (float32, contiguous) is updated in place."""
+        if self.kernels is not None and x.is_contiguous() and h.dtype == torch.float32:
+            return self.kernels.rmsnorm(h.contiguous(), self.gain, self.eps, add_to=x)
+        return x + self(h)

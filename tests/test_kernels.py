@@ -1,0 +1,109 @@
+"""The native int8 kernels (tinygemma/kernels/q8.c) against plain PyTorch references."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinygemma.kernels import pack, q8, unpack
+from tinygemma.model import attention_mask
+
+kernels = q8()
+pytestmark = pytest.mark.skipif(kernels is None, reason="needs AVX-512 VNNI and a C compiler")
+
+
+def dequantized_input(xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """What the kernels see of x: (q - 128) times its block's scale (lanes 0-7 / 8-15 of a chunk)."""
+    m, k = xq.shape
+    block_scales = xs.reshape(m, k // 64, 2, 8)[..., 0].reshape(m, k // 32, 1)
+    return ((xq.double() - 128).reshape(m, k // 32, 32) * block_scales).reshape(m, k)
+
+
+@pytest.mark.parametrize("m,k", [(1, 64), (3, 640), (17, 128)])
+def test_quantize_is_q8_0_of_the_rows(m, k):
+    x = torch.randn(m, k) * torch.logspace(-2, 2, k)     # widely varying magnitudes across blocks
+    xq, xs = kernels.quantize(x)
+    back = dequantized_input(xq, xs)
+    step = x.reshape(m, k // 32, 32).abs().amax(-1, keepdim=True) / 127
+    assert ((back - x.double()).reshape(m, k // 32, 32).abs() <= step * 0.5001 + 1e-12).all()
+    assert xq.min() >= 1 and xq.max() <= 255          # +-127 around the offset 128
+
+
+def test_quantize_with_gain_is_rms_norm_then_quantize():
+    x, gain = torch.randn(5, 128) * 30, torch.rand(128) + 0.5
+    fused = kernels.quantize(x, gain, 1e-6)
+    separate = kernels.quantize(F.rms_norm(x, (128,), gain, 1e-6))
+    assert (fused[0].int() - separate[0].int()).abs().max() <= 1
+    torch.testing.assert_close(fused[1], separate[1])
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 9, 70])
+@pytest.mark.parametrize("n", [4, 7, 64])
+@pytest.mark.parametrize("per_block", [False, True])
+def test_matmul_exact_for_quantized_operands(m, n, per_block):
+    k = 192
+    g = torch.Generator().manual_seed(m * 100 + n)
+    x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+    if per_block:
+        scales = w.reshape(n, k // 32, 32).abs().amax(-1) / 127
+        q = torch.round(w.reshape(n, k // 32, 32) / scales[..., None]).to(torch.int8).reshape(n, k)
+        wd = (q.double().reshape(n, k // 32, 32) * scales.double()[..., None]).reshape(n, k)
+    else:
+        scales = w.abs().amax(1) / 127
+        q = torch.round(w / scales[:, None]).to(torch.int8)
+        wd = q.double() * scales.double()[:, None]
+    xq, xs = kernels.quantize(x)
+    packed, packed_scales = pack(q, scales)
+    assert packed.shape[0] % 4 == 0 and torch.equal(unpack(packed, n), q)
+    got = kernels.matmul(xq, xs, packed, packed_scales, n)
+    ref = dequantized_input(xq, xs) @ wd.T
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4 * ref.abs().max().item())
+
+
+def test_matmul_rows_do_not_depend_on_the_batch():
+    """Each output row is computed the same way whatever else is in the batch (batch == single)."""
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(70, 640, generator=g), torch.randn(300, 640, generator=g)
+    q, s = pack(torch.randint(-127, 128, w.shape, dtype=torch.int8, generator=g), torch.rand(300) + 0.1)
+    xq, xs = kernels.quantize(x)
+    full = kernels.matmul(xq, xs, q, s, 300)
+    for rows in ([5], [0, 1, 2], list(range(64, 70))):
+        assert torch.equal(kernels.matmul(xq[rows], xs[rows], q, s, 300), full[rows])
+
+
+def test_quantize_geglu_matches_torch_gelu_tanh():
+    gate_up = torch.randn(6, 2 * 128) * 4
+    gate, up = gate_up.chunk(2, dim=-1)
+    ref = F.gelu(gate, approximate="tanh") * up
+    xq, xs = kernels.quantize_geglu(gate_up)
+    got = dequantized_input(xq, xs)
+    step = ref.reshape(6, 4, 32).abs().amax(-1, keepdim=True) / 127
+    assert ((got - ref.double()).reshape(6, 4, 32).abs() <= step * 0.51 + 1e-6).all()
+
+
+@pytest.mark.parametrize("k", [256, 40])
+def test_rmsnorm_and_fused_residual_add(k):
+    x, h, gain = torch.randn(3, k) * 5, torch.randn(3, k), torch.rand(k) + 0.5
+    ref = F.rms_norm(h, (k,), gain, 1e-6)
+    torch.testing.assert_close(kernels.rmsnorm(h, gain, 1e-6), ref)
+    expected = x + ref
+    out = kernels.rmsnorm(h, gain, 1e-6, add_to=x)
+    assert out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(x, expected)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_attend_matches_masked_softmax_attention(window):
+    b, h, hkv, s, d = 3, 4, 2, 12, 48
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(b, h, d, generator=g)
+    kv = torch.randn(2, b, hkv, s + 4, d, generator=g)
+    k, v = kv[0, :, :, :s], kv[1, :, :, :s]          # views with a stride larger than their length
+    k_pos = torch.tensor([list(range(s)), [-1] * 4 + list(range(8)), list(range(6, 12)) + list(range(6))])
+    q_pos = torch.tensor([s - 1, 7, 11])
+    got = kernels.attend(q, k, v, k_pos, q_pos, window, 0.125)
+    mask = attention_mask(q_pos[:, None], k_pos, window)[:, 0, 0]                   # (B, S)
+    rep = h // hkv
+    scores = torch.einsum("bhd,bhsd->bhs", q, k.repeat_interleave(rep, 1)) * 0.125
+    probs = scores.masked_fill(~mask[:, None], float("-inf")).softmax(-1)
+    ref = torch.einsum("bhs,bhsd->bhd", probs, v.repeat_interleave(rep, 1))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
