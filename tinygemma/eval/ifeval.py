@@ -166,11 +166,15 @@ def build_prompt(lm, prompt: str, mode: str = "auto"):
 
     mode: "chat", "completion" or "auto" (chat when `lm.is_instruction_tuned`). Returns token ids.
     """
-    if mode not in ("auto", "chat", "completion"):
-        raise ValueError(f"mode must be auto, chat or completion, got {mode!r}")
-    if mode == "chat" or (mode == "auto" and lm.is_instruction_tuned):
+    if _uses_chat(lm, mode):
         return lm.tokenizer.encode_chat([{"role": "user", "content": prompt}])
     return lm.tokenizer.encode(prompt, add_bos=True)
+
+
+def _uses_chat(lm, mode: str) -> bool:
+    if mode not in ("auto", "chat", "completion"):
+        raise ValueError(f"mode must be auto, chat or completion, got {mode!r}")
+    return mode == "chat" or (mode == "auto" and lm.is_instruction_tuned)
 
 
 def generate_responses(lm, prompts: list[Prompt], max_tokens: int = 512, mode: str = "auto",
@@ -190,8 +194,8 @@ def run(lm, prompts: list[Prompt], max_tokens: int = 512, mode: str = "auto", pr
     t0 = time.perf_counter()
     responses = generate_responses(lm, prompts, max_tokens, mode, progress)
     settings = {"max_tokens": max_tokens, "decoding": "greedy",
-                "prompt_format": "chat" if mode == "chat" or (mode == "auto" and lm.is_instruction_tuned)
-                else "completion", "generation_seconds": round(time.perf_counter() - t0, 1)}
+                "prompt_format": "chat" if _uses_chat(lm, mode) else "completion",
+                "generation_seconds": round(time.perf_counter() - t0, 1)}
     return score(prompts, responses, {**(info or {}), **settings})
 
 
