@@ -11,3 +11,7 @@ class WeightsError(TinyGemmaError, ValueError):
 
 class ContextLengthError(TinyGemmaError, ValueError):
     """A prompt (plus requested tokens) does not fit the model's context."""
+
+
+class MissingDependencyError(TinyGemmaError, ImportError):
+    """An optional package (an extra such as tinygemma[eval]) is not installed."""

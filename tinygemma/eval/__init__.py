@@ -1,1 +1,1 @@
-"""Evaluation: perplexity (and, later, accuracy and IFEval)."""
+"""Evaluation: perplexity, IFEval (ifeval.py, checks in ifeval_checks.py) and classification metrics."""

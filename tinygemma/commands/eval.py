@@ -1,0 +1,116 @@
+"""tinygemma eval {ifeval, perplexity, classify}: measure a model, or score existing outputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .common import add_model_args, load_model
+
+DEFAULT_IFEVAL_MAX_TOKENS = 512
+DEFAULT_OUT = "eval_out"
+PERPLEXITY_CTX = 512      # llama.cpp's llama-perplexity default, so figures compare
+
+
+def build_parser(p):
+    sub = p.add_subparsers(dest="eval_task", metavar="TASK", required=True)
+
+    q = sub.add_parser("ifeval", help="IFEval: generate responses to the 541 prompts (or score a response file)",
+                       description="IFEval's four metrics (prompt/instruction level, strict/loose).")
+    q.add_argument("--data", metavar="DIR", help="folder with input_data.jsonl (default: shared/data/ifeval "
+                   "beside the project)")
+    q.add_argument("--responses", metavar="FILE", help="score this jsonl of {prompt, response} rows; no model runs")
+    q.add_argument("--limit", type=int, metavar="N", help="only the first N prompts")
+    q.add_argument("--max-tokens", type=int, default=DEFAULT_IFEVAL_MAX_TOKENS, help="tokens per response at most")
+    q.add_argument("--mode", choices=["auto", "chat", "completion"], default="auto",
+                   help="prompt format: chat template, raw prompt, or auto (chat for instruction-tuned weights)")
+    q.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help="where ifeval.json / ifeval.md go")
+    add_model_args(q)
+
+    q = sub.add_parser("perplexity", help="perplexity of a text file (512-token chunks, llama.cpp's method)",
+                       description="Perplexity of a UTF-8 text file, scored like llama-perplexity.")
+    q.add_argument("file", help="UTF-8 text file")
+    q.add_argument("--ctx", type=int, default=PERPLEXITY_CTX, help="chunk length in tokens")
+    q.add_argument("--max-chunks", type=int, metavar="N", help="score only the first N chunks")
+    q.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_model_args(q)
+
+    q = sub.add_parser("classify", help="accuracy, macro-F1 and confusion matrix of a predictions file",
+                       description="Score a .csv or .jsonl file with label and prediction columns.")
+    q.add_argument("--predictions", required=True, metavar="FILE", help=".csv (with header) or .jsonl")
+    q.add_argument("--label-column", default="label")
+    q.add_argument("--prediction-column", default="prediction")
+    q.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
+                   help="where classification.json / .md / confusion_matrix.png go")
+    q.add_argument("--no-png", action="store_true", help="skip the confusion-matrix PNG (no matplotlib needed)")
+    return p
+
+
+def default_ifeval_dir() -> Path:
+    """shared/data/ifeval beside the project checkout (../shared from the repository root), else from cwd."""
+    beside_repo = Path(__file__).resolve().parents[3] / "shared" / "data" / "ifeval"
+    return beside_repo if beside_repo.is_dir() else Path("../shared/data/ifeval")
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+def run_ifeval(args) -> int:
+    from tqdm import tqdm
+
+    from ..eval import ifeval
+
+    _positive("--limit", args.limit)
+    _positive("--max-tokens", args.max_tokens)
+    prompts = ifeval.load_prompts(args.data or default_ifeval_dir(), limit=args.limit)
+    if args.responses:
+        report = ifeval.score(prompts, ifeval.read_responses(args.responses, prompts),
+                              {"responses": str(args.responses)})
+    else:
+        lm = load_model(args)
+        bar = tqdm(total=len(prompts), desc="IFEval", unit="prompt", file=sys.stderr)
+        info = {"model": str(lm.weights.source) if lm.weights else "in-memory", "dtype": args.dtype or "fast"}
+        report = ifeval.run(lm, prompts, max_tokens=args.max_tokens, mode=args.mode,
+                            progress=lambda done, total: bar.update(1), info=info)
+        bar.close()
+    paths = ifeval.write_reports(report, args.out)
+    for name in ifeval.METRICS:
+        print(f"{name.replace('_', ' '):26s} {100 * report.metrics[name]:6.2f}%")
+    print(f"reports: {paths['json']}, {paths['markdown']}")
+    return 0
+
+
+def run_perplexity(args) -> int:
+    from ..eval.perplexity import perplexity
+
+    _positive("--max-chunks", args.max_chunks)
+    text = Path(args.file).read_text(encoding="utf-8")
+    lm = load_model(args)
+    result = perplexity(lm, text, ctx=args.ctx, max_chunks=args.max_chunks)
+    if args.json:
+        print(json.dumps({"file": args.file, "ctx": args.ctx, "ppl": result.ppl, "nll": result.nll,
+                          "chunks": result.chunks, "tokens_scored": result.tokens_scored,
+                          "seconds": round(result.seconds, 2)}))
+    else:
+        print(f"perplexity {result.ppl:.4f} over {result.chunks} chunks of {args.ctx} tokens "
+              f"({result.tokens_scored} tokens scored, {result.seconds:.1f} s)")
+    return 0
+
+
+def run_classify(args) -> int:
+    from ..eval import classification
+
+    y_true, y_pred = classification.read_predictions(args.predictions, args.label_column, args.prediction_column)
+    report = classification.classification_report(y_true, y_pred)
+    paths = classification.write_reports(report, args.out, png=not args.no_png)
+    print(f"accuracy {100 * report.accuracy:.2f}%  macro-F1 {100 * report.macro_f1:.2f}%  "
+          f"({report.n} examples, {len(report.labels)} classes)")
+    print("reports: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def main(args) -> int:
+    return {"ifeval": run_ifeval, "perplexity": run_perplexity, "classify": run_classify}[args.eval_task](args)
