@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinygemma.kernels import pack, q8, unpack
+from tinygemma.kernels import BLOCK, pack_q8_0, pack_rows, q8, unpack
 from tinygemma.model import attention_mask
 
 kernels = q8()
@@ -12,72 +12,102 @@ pytestmark = pytest.mark.skipif(kernels is None, reason="needs AVX-512 VNNI and 
 
 
 def dequantized_input(xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
-    """What the kernels see of x: (q - 128) times its block's scale (lanes 0-7 / 8-15 of a chunk)."""
+    """What matmul_q8_0 sees of x: (q - 128) times its block's scale (lanes 0-7 / 8-15 of a chunk)."""
     m, k = xq.shape
     block_scales = xs.reshape(m, k // 64, 2, 8)[..., 0].reshape(m, k // 32, 1)
     return ((xq.double() - 128).reshape(m, k // 32, 32) * block_scales).reshape(m, k)
 
 
-@pytest.mark.parametrize("m,k", [(1, 64), (3, 640), (17, 128)])
-def test_quantize_is_q8_0_of_the_rows(m, k):
+def dequantized_rows(xq: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """What matmul_rows sees of x: q times its 128-value block's scale."""
+    m, k = xq.shape
+    return (xq.double().reshape(m, k // BLOCK, BLOCK) * xs.double()[..., None]).reshape(m, k)
+
+
+def within_half_step(x: torch.Tensor, back: torch.Tensor, block: int) -> bool:
+    m, k = x.shape
+    step = x.reshape(m, k // block, block).abs().amax(-1, keepdim=True).double() / 127
+    return bool(((back - x.double()).reshape(m, k // block, block).abs() <= step * 0.5001 + 1e-12).all())
+
+
+@pytest.mark.parametrize("m,k", [(1, 128), (3, 640), (17, 256)])
+def test_quantize_formats(m, k):
     x = torch.randn(m, k) * torch.logspace(-2, 2, k)     # widely varying magnitudes across blocks
-    xq, xs = kernels.quantize(x)
-    back = dequantized_input(xq, xs)
-    step = x.reshape(m, k // 32, 32).abs().amax(-1, keepdim=True) / 127
-    assert ((back - x.double()).reshape(m, k // 32, 32).abs() <= step * 0.5001 + 1e-12).all()
-    assert xq.min() >= 1 and xq.max() <= 255          # +-127 around the offset 128
+    xq, xs = kernels.quantize(x)                          # Q8_0-like, for the output projection
+    assert within_half_step(x, dequantized_input(xq, xs), 32)
+    assert xq.min() >= 1 and xq.max() <= 255              # +-127 around the offset 128
+    rq, rs, rc = kernels.quantize_rows(x)                 # per 128 values, for the layers
+    assert within_half_step(x, dequantized_rows(rq, rs), BLOCK)
+    assert rq.min() >= -127
+    torch.testing.assert_close(rc.double(), 128 * (rq.double().reshape(m, -1, BLOCK).sum(-1) * rs.double()).sum(-1))
 
 
 def test_quantize_with_gain_is_rms_norm_then_quantize():
-    x, gain = torch.randn(5, 128) * 30, torch.rand(128) + 0.5
-    fused = kernels.quantize(x, gain, 1e-6)
-    separate = kernels.quantize(F.rms_norm(x, (128,), gain, 1e-6))
+    x, gain = torch.randn(5, 256) * 30, torch.rand(256) + 0.5
+    fused = kernels.quantize_rows(x, gain, 1e-6)
+    separate = kernels.quantize_rows(F.rms_norm(x, (256,), gain, 1e-6))
     assert (fused[0].int() - separate[0].int()).abs().max() <= 1
     torch.testing.assert_close(fused[1], separate[1])
 
 
+def rows_weight(n, k, g):
+    w = torch.randn(n, k, generator=g)
+    scales = w.abs().amax(1) / 127
+    q = torch.round(w / scales[:, None]).to(torch.int8)
+    return q, scales, q.double() * scales.double()[:, None]
+
+
+def q8_0_weight(n, k, g):
+    w = torch.randn(n, k, generator=g)
+    scales = w.reshape(n, k // 32, 32).abs().amax(-1) / 127
+    q = torch.round(w.reshape(n, k // 32, 32) / scales[..., None]).to(torch.int8).reshape(n, k)
+    return q, scales, (q.double().reshape(n, k // 32, 32) * scales.double()[..., None]).reshape(n, k)
+
+
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 9, 70])
 @pytest.mark.parametrize("n", [4, 7, 64])
-@pytest.mark.parametrize("per_block", [False, True])
-def test_matmul_exact_for_quantized_operands(m, n, per_block):
-    k = 192
+@pytest.mark.parametrize("kind", ["rows", "q8_0"])
+def test_matmul_exact_for_quantized_operands(m, n, kind):
+    k = 256
     g = torch.Generator().manual_seed(m * 100 + n)
-    x, w = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
-    if per_block:
-        scales = w.reshape(n, k // 32, 32).abs().amax(-1) / 127
-        q = torch.round(w.reshape(n, k // 32, 32) / scales[..., None]).to(torch.int8).reshape(n, k)
-        wd = (q.double().reshape(n, k // 32, 32) * scales.double()[..., None]).reshape(n, k)
+    x = torch.randn(m, k, generator=g)
+    if kind == "rows":
+        q, scales, wd = rows_weight(n, k, g)
+        packed, packed_scales = pack_rows(q, scales)
+        xq = kernels.quantize_rows(x)
+        got = kernels.matmul_rows(xq, packed, packed_scales, n)
+        ref = dequantized_rows(*xq[:2]) @ wd.T
     else:
-        scales = w.abs().amax(1) / 127
-        q = torch.round(w / scales[:, None]).to(torch.int8)
-        wd = q.double() * scales.double()[:, None]
-    xq, xs = kernels.quantize(x)
-    packed, packed_scales = pack(q, scales)
+        q, scales, wd = q8_0_weight(n, k, g)
+        packed, packed_scales = pack_q8_0(q, scales)
+        xq = kernels.quantize(x)
+        got = kernels.matmul_q8_0(xq, packed, packed_scales, n)
+        ref = dequantized_input(*xq) @ wd.T
     assert packed.shape[0] % 4 == 0 and torch.equal(unpack(packed, n), q)
-    got = kernels.matmul(xq, xs, packed, packed_scales, n)
-    ref = dequantized_input(xq, xs) @ wd.T
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-4 * ref.abs().max().item())
 
 
 def test_matmul_rows_do_not_depend_on_the_batch():
     """Each output row is computed the same way whatever else is in the batch (batch == single)."""
     g = torch.Generator().manual_seed(3)
-    x, w = torch.randn(70, 640, generator=g), torch.randn(300, 640, generator=g)
-    q, s = pack(torch.randint(-127, 128, w.shape, dtype=torch.int8, generator=g), torch.rand(300) + 0.1)
-    xq, xs = kernels.quantize(x)
-    full = kernels.matmul(xq, xs, q, s, 300)
+    x = torch.randn(70, 640, generator=g)
+    q, s, _ = rows_weight(300, 640, g)
+    w = pack_rows(q, s)
+    t, ts = pack_q8_0(*q8_0_weight(300, 640, g)[:2])
+    xq, xt = kernels.quantize_rows(x), kernels.quantize(x)
+    full, full_t = kernels.matmul_rows(xq, *w, 300), kernels.matmul_q8_0(xt, t, ts, 300)
     for rows in ([5], [0, 1, 2], list(range(64, 70))):
-        assert torch.equal(kernels.matmul(xq[rows], xs[rows], q, s, 300), full[rows])
+        assert torch.equal(kernels.matmul_rows(tuple(a[rows] for a in xq), *w, 300), full[rows])
+        assert torch.equal(kernels.matmul_q8_0(tuple(a[rows] for a in xt), t, ts, 300), full_t[rows])
 
 
 def test_quantize_geglu_matches_torch_gelu_tanh():
-    gate_up = torch.randn(6, 2 * 128) * 4
+    gate_up = torch.randn(6, 2 * 256) * 4
     gate, up = gate_up.chunk(2, dim=-1)
     ref = F.gelu(gate, approximate="tanh") * up
-    xq, xs = kernels.quantize_geglu(gate_up)
-    got = dequantized_input(xq, xs)
-    step = ref.reshape(6, 4, 32).abs().amax(-1, keepdim=True) / 127
-    assert ((got - ref.double()).reshape(6, 4, 32).abs() <= step * 0.51 + 1e-6).all()
+    xq, xs, _ = kernels.quantize_geglu(gate_up)
+    step = ref.reshape(6, 2, BLOCK).abs().amax(-1, keepdim=True).double() / 127
+    assert ((dequantized_rows(xq, xs) - ref.double()).reshape(6, 2, BLOCK).abs() <= step * 0.51 + 1e-6).all()
 
 
 @pytest.mark.parametrize("k", [256, 40])

@@ -24,7 +24,7 @@ from .kernels import Q8
 from .quant import (GROUP_SIZE, FrozenRMSNorm, Int4Linear, Int8Embedding, Int8Linear, NativeInt8Linear,
                     NormQuantize, Q8Table, RescoredHead, TiedHead)
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 # (fused name, source projections): one kernel call instead of several.
 FUSED = (("self_attn.qkv_proj", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")),
          ("self_attn.o_proj", ("self_attn.o_proj",)),

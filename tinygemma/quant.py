@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import Q8, pack
+from .kernels import BLOCK, Q8, pack_q8_0, pack_rows
 
 GROUP_SIZE = 32          # int4 group (values sharing one scale and zero point)
 DENSE_MIN_ROWS = 8       # inputs with at least this many rows use a bfloat16 GEMM
@@ -59,44 +59,45 @@ class Int8Linear(nn.Module):
 
 
 class Quantized(NamedTuple):
-    """Activations already quantized for the native kernels (what NormQuantize hands a projection)."""
-    q: torch.Tensor         # (M, K) uint8
-    scales: torch.Tensor    # (M, K / 64, 16) float32
+    """Activations already quantized for a NativeInt8Linear (what NormQuantize hands a projection)."""
+    q: torch.Tensor         # (M, K) int8
+    scales: torch.Tensor    # (M, K / 128) float32
+    comp: torch.Tensor      # (M,) float32: the weight offset's contribution (Q8.quantize_rows)
     shape: torch.Size       # the float input's shape
 
 
 class NativeInt8Linear(nn.Module):
     """y = x @ W.T on the native VNNI kernel: W int8 per output row (tile layout), activations int8 per
-    32 values. Accepts float inputs or Quantized ones. Output float32."""
+    128 values. Accepts float inputs or Quantized ones. Output float32."""
 
     def __init__(self, kernels: Q8, packed: torch.Tensor, scales: torch.Tensor, out_features: int):
         super().__init__()
         self.kernels, self.out_features, self.in_features = kernels, out_features, packed.shape[1]
-        self.register_buffer("q", packed, persistent=False)          # (N rounded up to 4, K) int8
+        self.register_buffer("q", packed, persistent=False)          # (N rounded up to 4, K) uint8
         self.register_buffer("scales", scales, persistent=False)     # (N rounded up to 4,) float32
 
     @staticmethod
     def supports(in_features: int) -> bool:
-        return in_features % 64 == 0
+        return in_features % BLOCK == 0
 
     @staticmethod
     def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(packed int8, row scales float32) of a float weight (N, K)."""
+        """(packed weights, row scales) of a float weight (N, K)."""
         w = w.float()
         scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
-        return pack(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale)
+        return pack_rows(torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale)
 
     def forward(self, x: torch.Tensor | Quantized) -> torch.Tensor:
         if not isinstance(x, Quantized):
-            x = Quantized(*self.kernels.quantize(x.reshape(-1, self.in_features).float()), x.shape)
-        y = self.kernels.matmul(x.q, x.scales, self.q, self.scales, self.out_features)
+            x = Quantized(*self.kernels.quantize_rows(x.reshape(-1, self.in_features).float()), x.shape)
+        y = self.kernels.matmul_rows(x[:3], self.q, self.scales, self.out_features)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def from_gate_up(self, gate_up: torch.Tensor) -> torch.Tensor:
         """This projection of gelu_tanh(gate) * up, for gate_up = [gate | up] (..., 2K) float32."""
         lead = gate_up.shape[:-1]
-        q, s = self.kernels.quantize_geglu(gate_up.reshape(-1, 2 * self.in_features))
-        return self(Quantized(q, s, torch.Size((*lead, self.in_features))))
+        x = self.kernels.quantize_geglu(gate_up.reshape(-1, 2 * self.in_features))
+        return self(Quantized(*x, torch.Size((*lead, self.in_features))))
 
 
 class NormQuantize(nn.Module):
@@ -108,8 +109,8 @@ class NormQuantize(nn.Module):
         self.register_buffer("gain", 1.0 + weight.float(), persistent=False)
 
     def forward(self, x: torch.Tensor) -> Quantized:
-        q, s = self.kernels.quantize(x.reshape(-1, x.shape[-1]).float(), self.gain, self.eps)
-        return Quantized(q, s, x.shape)
+        return Quantized(*self.kernels.quantize_rows(x.reshape(-1, x.shape[-1]).float(), self.gain, self.eps),
+                         x.shape)
 
 
 class Q8Table(nn.Module):
@@ -129,7 +130,7 @@ class Q8Table(nn.Module):
     @staticmethod
     def quantize(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         table = Int8Embedding.from_float(w, group=32)
-        return pack(table.q, table.scales)
+        return pack_q8_0(table.q, table.scales)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Embedding rows (..., H) float32."""
@@ -141,8 +142,8 @@ class Q8Table(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """x @ table.T (float32, (..., V))."""
-        q, s = self.kernels.quantize(x.reshape(-1, self.width).float())
-        return self.kernels.matmul(q, s, self.q, self.scales, self.rows).reshape(*x.shape[:-1], self.rows)
+        q = self.kernels.quantize(x.reshape(-1, self.width).float())
+        return self.kernels.matmul_q8_0(q, self.q, self.scales, self.rows).reshape(*x.shape[:-1], self.rows)
 
 
 class TiedHead(nn.Module):

@@ -67,33 +67,46 @@ class Q8:
         lib = ctypes.CDLL(str(path))
         p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
         lib.tg_quantize.argtypes = [p, i64, i64, p, f32, p, p]
-        lib.tg_quantize_geglu.argtypes = [p, i64, i64, p, p, p]
-        lib.tg_matmul.argtypes = [p, p, i64, i64, p, p, i32, i64, p, i64]
+        lib.tg_quantize_rows.argtypes = [p, i64, i64, p, f32, p, p, p]
+        lib.tg_quantize_geglu.argtypes = [p, i64, i64, p, p, p, p]
+        lib.tg_matmul_rows.argtypes = [p, p, p, i64, i64, p, p, i64, p, i64]
+        lib.tg_matmul_q8_0.argtypes = [p, p, i64, i64, p, p, i64, p, i64]
         lib.tg_rmsnorm.argtypes = [p, i64, i64, p, f32, i32, p]
         lib.tg_attend.argtypes = [p, i64, i64, i64, i64, p, p, i64, i64, i64, i64, p, i64, p, i64, f32, p]
-        for fn in (lib.tg_quantize, lib.tg_quantize_geglu, lib.tg_matmul, lib.tg_rmsnorm, lib.tg_attend):
+        for fn in (lib.tg_quantize, lib.tg_quantize_rows, lib.tg_quantize_geglu, lib.tg_matmul_rows,
+                   lib.tg_matmul_q8_0, lib.tg_rmsnorm, lib.tg_attend):
             fn.restype = None
         self.lib = lib
 
-    def quantize(self, x: torch.Tensor, gain: torch.Tensor | None = None, eps: float = 0.0):
-        """(M, K) float32 -> (uint8 (M, K), lane scales (M, K/64, 16)); RMS-normalized first with `gain`."""
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For matmul_q8_0: (M, K) float32 -> (uint8 (M, K), lane scales (M, K/64, 16)). K % 64 == 0."""
         m, k = x.shape
         x = x.contiguous()
         xq = torch.empty(m, k, dtype=torch.uint8)
         xs = torch.empty(m, k // 64, 16)
-        self.lib.tg_quantize(x.data_ptr(), m, k, None if gain is None else gain.data_ptr(), eps,
-                             xq.data_ptr(), xs.data_ptr())
+        self.lib.tg_quantize(x.data_ptr(), m, k, None, 0.0, xq.data_ptr(), xs.data_ptr())
         return xq, xs
 
-    def quantize_geglu(self, gate_up: torch.Tensor):
-        """Quantize gelu_tanh(gate) * up for gate_up (M, 2I) float32 = [gate | up]."""
+    def quantize_rows(self, x: torch.Tensor, gain: torch.Tensor | None = None, eps: float = 0.0
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For matmul_rows: (M, K) float32 -> (int8 (M, K), block scales (M, K/128), offset corrections (M,)),
+        RMS-normalized first with `gain`. K % 128 == 0."""
+        m, k = x.shape
+        x = x.contiguous()
+        xq, xs, xc = torch.empty(m, k, dtype=torch.int8), torch.empty(m, k // BLOCK), torch.empty(m)
+        self.lib.tg_quantize_rows(x.data_ptr(), m, k, None if gain is None else gain.data_ptr(), eps,
+                                  xq.data_ptr(), xs.data_ptr(), xc.data_ptr())
+        return xq, xs, xc
+
+    def quantize_geglu(self, gate_up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """quantize_rows of gelu_tanh(gate) * up, for gate_up (M, 2I) float32 = [gate | up]."""
         m, i = gate_up.shape[0], gate_up.shape[1] // 2
         gate_up = gate_up.contiguous()
         tmp = torch.empty(m, i)
-        xq = torch.empty(m, i, dtype=torch.uint8)
-        xs = torch.empty(m, i // 64, 16)
-        self.lib.tg_quantize_geglu(gate_up.data_ptr(), m, i, tmp.data_ptr(), xq.data_ptr(), xs.data_ptr())
-        return xq, xs
+        xq, xs, xc = torch.empty(m, i, dtype=torch.int8), torch.empty(m, i // BLOCK), torch.empty(m)
+        self.lib.tg_quantize_geglu(gate_up.data_ptr(), m, i, tmp.data_ptr(), xq.data_ptr(), xs.data_ptr(),
+                                   xc.data_ptr())
+        return xq, xs, xc
 
     def rmsnorm(self, x: torch.Tensor, gain: torch.Tensor, eps: float, add_to: torch.Tensor | None = None
                 ) -> torch.Tensor:
@@ -117,36 +130,56 @@ class Q8:
                            q_pos.data_ptr(), window or 0, scale, out.data_ptr())
         return out
 
-    def matmul(self, xq: torch.Tensor, xs: torch.Tensor, w: torch.Tensor, ws: torch.Tensor, n: int,
-               out: torch.Tensor | None = None) -> torch.Tensor:
-        """x @ W.T as float32 (M, n). w, ws: from pack(); ws 1-D = row scales, 2-D = Q8_0 scales."""
+    def matmul_rows(self, x: tuple[torch.Tensor, torch.Tensor, torch.Tensor], w: torch.Tensor, ws: torch.Tensor,
+                    n: int) -> torch.Tensor:
+        """x @ W.T as float32 (M, n): x from quantize_rows, (w, ws) from pack_rows."""
+        xq, xs, xc = x
         m, k = xq.shape
-        if out is None:
-            out = torch.empty(m, n)
-        self.lib.tg_matmul(xq.data_ptr(), xs.data_ptr(), m, k, w.data_ptr(), ws.data_ptr(), int(ws.dim() == 2),
-                           n, out.data_ptr(), out.stride(0))
+        out = torch.empty(m, n)
+        self.lib.tg_matmul_rows(xq.data_ptr(), xs.data_ptr(), xc.data_ptr(), m, k, w.data_ptr(), ws.data_ptr(), n,
+                                out.data_ptr(), n)
+        return out
+
+    def matmul_q8_0(self, x: tuple[torch.Tensor, torch.Tensor], w: torch.Tensor, ws: torch.Tensor, n: int
+                    ) -> torch.Tensor:
+        """x @ W.T as float32 (M, n): x from quantize, (w, ws) from pack_q8_0."""
+        xq, xs = x
+        m, k = xq.shape
+        out = torch.empty(m, n)
+        self.lib.tg_matmul_q8_0(xq.data_ptr(), xs.data_ptr(), m, k, w.data_ptr(), ws.data_ptr(), n, out.data_ptr(),
+                                n)
         return out
 
 
-TILE = 4
+TILE = 4        # weight rows per tile
+BLOCK = 128     # activation values per scale in the layers' products
 
 
-def pack(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights (N, K) int8 and scales ((N,) per row or (N, K/32) per group) in the kernels' tile layout:
-    rows padded to a multiple of 4, each 64-byte chunk of a tile's 4 rows stored together."""
+def _tiles(q: torch.Tensor) -> torch.Tensor:
+    """Rows padded with zeros to a multiple of TILE, each 64-byte chunk of a tile's rows stored together."""
     n, k = q.shape
-    pad = -n % TILE
-    q = torch.nn.functional.pad(q, (0, 0, 0, pad))
-    packed = q.reshape(-1, TILE, k // 64, 64).transpose(1, 2).reshape(n + pad, k).contiguous()
-    scales = torch.nn.functional.pad(scales.float(), (0, 0, 0, pad) if scales.dim() == 2 else (0, pad))
-    if scales.dim() == 2:
-        scales = scales.reshape(-1, TILE, k // 64, 2).transpose(1, 2).reshape(n + pad, k // 32).contiguous()
-    return packed, scales
+    q = torch.nn.functional.pad(q, (0, 0, 0, -n % TILE))
+    return q.reshape(-1, TILE, k // 64, 64).transpose(1, 2).reshape(-1, k).contiguous()
+
+
+def pack_rows(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's int8 weights (N, K) and row scales (N,) for matmul_rows: uint8 (int8 + 128) in tiles."""
+    packed = (_tiles(q).view(torch.uint8) ^ 0x80).contiguous()
+    return packed, torch.nn.functional.pad(scales.float(), (0, -len(scales) % TILE))
+
+
+def pack_q8_0(q: torch.Tensor, scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Q8_0 table (N, K) int8 with scales (N, K/32) for matmul_q8_0: tiles, the scales laid out alike."""
+    n, k = q.shape
+    s = torch.nn.functional.pad(scales.float(), (0, 0, 0, -n % TILE))
+    return _tiles(q), s.reshape(-1, TILE, k // 64, 2).transpose(1, 2).reshape(-1, k // 32).contiguous()
 
 
 def unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
-    """The first n rows of packed weights, back in plain (N, K) order."""
+    """The first n rows of packed weights as int8, back in plain (N, K) order."""
     k = packed.shape[1]
+    if packed.dtype == torch.uint8:
+        packed = (packed ^ 0x80).view(torch.int8)
     return packed.reshape(-1, k // 64, TILE, 64).transpose(1, 2).reshape(-1, k)[:n]
 
 

@@ -1,15 +1,18 @@
-// int8 x int8 matrix products for the fast CPU path (AVX-512 VNNI), called through ctypes.
+// int8 matrix products for the fast CPU path (AVX-512 VNNI), called through ctypes.
 //
-// Activations are quantized per block of 32 values (scale = absmax / 127, as llama.cpp's Q8_0) and stored
-// offset by 128 as uint8, so VPDPBUSD (uint8 x int8) multiplies them with int8 weights; the offset's
-// contribution, 128 * sum(w), is subtracted by starting each block's accumulator at -128 * sum(w).
-// A 64-byte chunk holds two blocks: lanes 0-7 of the int32 accumulator belong to the first, 8-15 to the
-// second, so each chunk's sums are scaled by a 16-float vector (8 copies of each block's scale).
+// VPDPBUSD multiplies unsigned by signed bytes, so one operand carries an offset of 128:
+// - Layers (tg_matmul_rows): weights one scale per row, stored as uint8 = int8 + 128; activations int8 with
+//   one scale per block of 128 values (as llama.cpp quantizes activations per block, Q8_K: 256). The
+//   offset adds 128 * sum(x) to each dot product; that sum depends on the activation row only and is
+//   removed once per output (xc). Two chunks of 64 accumulate in int32 before one conversion to float.
+// - Output projection (tg_matmul_q8_0): the Q8_0 embedding table (int8, one scale per 32 values) against
+//   activations quantized per 32 values and stored as uint8 = int8 + 128; the offset's contribution,
+//   128 * sum(w), is removed by starting each block's accumulator at -128 * sum(w). A 64-byte chunk holds
+//   two blocks (lanes 0-7, 8-15), scaled by a 16-float vector of 8 copies of each block's scale.
 //
-// Weights: int8, packed in tiles of 4 rows whose 64-byte chunks interleave (row 0 chunk 0, row 1 chunk 0,
-// ..., row 3 chunk 0, row 0 chunk 1, ...): one sequential stream, which the hardware prefetcher follows
-// (4 separate row streams reach only ~60% of the memory bandwidth). Scales: one float per row (layers), or
-// one per 32 values (Q8_0: the embedding table as output projection), packed the same way.
+// Weights are packed in tiles of 4 rows whose 64-byte chunks interleave (row 0 chunk 0, row 1 chunk 0, ...,
+// row 3 chunk 0, row 0 chunk 1, ...): one sequential stream, which the hardware prefetcher follows (4
+// separate row streams reach only ~60% of the memory bandwidth). Q8_0 scales are packed the same way.
 // y (M, N) float32 = x @ W.T.
 
 #include <immintrin.h>
@@ -18,6 +21,7 @@
 
 #define CHUNK 64
 #define TILE_N 4
+#define BLOCK 128    // activation block of the layers' products
 
 static inline float rms_factor(const float *row, int64_t K, float eps) {
     __m512 ss = _mm512_setzero_ps();
@@ -90,19 +94,6 @@ static inline __m512 gelu_mul(__m512 g, __m512 u) {
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), g), _mm512_add_ps(t, _mm512_set1_ps(1.0f))), u);
 }
 
-// gu (M, 2I): gate in the first I columns, up in the last I. Quantizes gelu(gate) * up (I % 64 == 0);
-// tmp: M * I floats of scratch.
-void tg_quantize_geglu(const float *gu, int64_t M, int64_t I, float *tmp, uint8_t *xq, float *xs) {
-#pragma omp parallel for schedule(static) if (M >= 16)
-    for (int64_t m = 0; m < M; m++) {
-        const float *g = gu + m * 2 * I, *u = g + I;
-        float *t = tmp + m * I;
-        for (int64_t k = 0; k < I; k += 16)
-            _mm512_storeu_ps(t + k, gelu_mul(_mm512_loadu_ps(g + k), _mm512_loadu_ps(u + k)));
-        quantize_row(t, I, 1.0f, 0, xq + m * I, xs + m * (I / CHUNK) * 16);
-    }
-}
-
 // RMSNorm of M rows of K values: out = x / rms(x) * gain; with add != 0, out += that instead (the residual
 // update of Gemma's post-norms). out may be x.
 void tg_rmsnorm(const float *x, int64_t M, int64_t K, const float *gain, float eps, int add, float *out) {
@@ -163,21 +154,112 @@ void tg_attend(const float *q, int64_t B, int64_t H, int64_t Hkv, int64_t D, con
     }
 }
 
+// Layers: one row of K values (K % 128 == 0) -> int8 per block of 128 (xs: scales), xc = 128 * sum over
+// blocks of scale * sum(q): the uint8 weight offset's contribution, removed after the dot products.
+static void quantize_row_s8(const float *row, int64_t K, float norm, const float *gain, int8_t *xq, float *xs,
+                            float *xc) {
+    float comp = 0.0f;
+    for (int64_t b = 0; b < K / BLOCK; b++) {
+        __m512 v[BLOCK / 16];
+        __m512 amax = _mm512_setzero_ps();
+        for (int u = 0; u < BLOCK / 16; u++) {
+            int64_t k = b * BLOCK + u * 16;
+            v[u] = _mm512_mul_ps(_mm512_loadu_ps(row + k), _mm512_set1_ps(norm));
+            if (gain) v[u] = _mm512_mul_ps(v[u], _mm512_loadu_ps(gain + k));
+            amax = _mm512_max_ps(amax, _mm512_abs_ps(v[u]));
+        }
+        float d = _mm512_reduce_max_ps(amax) / 127.0f;
+        __m512 inv = _mm512_set1_ps(d > 0 ? 1.0f / d : 0.0f);
+        __m512i sum = _mm512_setzero_si512();
+        for (int u = 0; u < BLOCK / 16; u++) {
+            __m512i q = _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_mul_ps(v[u], inv), _MM_FROUND_TO_NEAREST_INT));
+            sum = _mm512_add_epi32(sum, q);
+            _mm_storeu_si128((__m128i *)(xq + b * BLOCK + u * 16), _mm512_cvtepi32_epi8(q));
+        }
+        xs[b] = d;
+        comp += d * (float)_mm512_reduce_add_epi32(sum);
+    }
+    *xc = 128.0f * comp;
+}
+
+// x (M, K) float32 -> xq int8 (M, K), xs (M, K / 128), xc (M); RMS-normalized with `gain` first if not NULL.
+void tg_quantize_rows(const float *x, int64_t M, int64_t K, const float *gain, float eps, int8_t *xq, float *xs,
+                      float *xc) {
+#pragma omp parallel for schedule(static) if (M >= 16)
+    for (int64_t m = 0; m < M; m++) {
+        const float *row = x + m * K;
+        quantize_row_s8(row, K, gain ? rms_factor(row, K, eps) : 1.0f, gain, xq + m * K, xs + m * (K / BLOCK), xc + m);
+    }
+}
+
+// gu (M, 2I): gate in the first I columns, up in the last I. Quantizes gelu(gate) * up like
+// tg_quantize_rows (I % 128 == 0); tmp: M * I floats of scratch.
+void tg_quantize_geglu(const float *gu, int64_t M, int64_t I, float *tmp, int8_t *xq, float *xs, float *xc) {
+#pragma omp parallel for schedule(static) if (M >= 16)
+    for (int64_t m = 0; m < M; m++) {
+        const float *g = gu + m * 2 * I, *u = g + I;
+        float *t = tmp + m * I;
+        for (int64_t k = 0; k < I; k += 16)
+            _mm512_storeu_ps(t + k, gelu_mul(_mm512_loadu_ps(g + k), _mm512_loadu_ps(u + k)));
+        quantize_row_s8(t, I, 1.0f, 0, xq + m * I, xs + m * (I / BLOCK), xc + m);
+    }
+}
+
+// Arguments of one matrix product, shared by the tile functions.
+typedef struct {
+    const void *xq;         // activations: int8 (layers) or uint8 (Q8_0)
+    const float *xs, *xc;   // their scales (and, for layers, offset corrections)
+    int64_t K, ldy;
+    float *y;
+} Product;
+
+// Layers: a tile of 4 rows of W (uint8, packed) with one scale each (sp) against rows m0..m0+MB of x.
+#define DEFINE_ROWS_TILE(MB)                                                                            \
+static inline void rows_tile_##MB(const Product *p, const uint8_t *wp, const float *sp, int64_t m0,       \
+                                  float *y, int rows) {                                                   \
+    const int8_t *xq = (const int8_t *)p->xq;                                                             \
+    const int64_t K = p->K, blocks = K / BLOCK;                                                           \
+    __m512 acc[TILE_N][MB];                                                                               \
+    for (int i = 0; i < TILE_N; i++)                                                                      \
+        for (int j = 0; j < MB; j++) acc[i][j] = _mm512_setzero_ps();                                     \
+    for (int64_t b = 0; b < blocks; b++) {                                                                \
+        __m512i w0[TILE_N], w1[TILE_N];                                                                   \
+        for (int i = 0; i < TILE_N; i++) {                                                                \
+            w0[i] = _mm512_loadu_si512(wp + (2 * b * TILE_N + i) * CHUNK);                                \
+            w1[i] = _mm512_loadu_si512(wp + ((2 * b + 1) * TILE_N + i) * CHUNK);                          \
+        }                                                                                                 \
+        for (int j = 0; j < MB; j++) {                                                                    \
+            const __m512i a0 = _mm512_loadu_si512(xq + (m0 + j) * K + b * BLOCK);                        \
+            const __m512i a1 = _mm512_loadu_si512(xq + (m0 + j) * K + b * BLOCK + CHUNK);                 \
+            const __m512 s = _mm512_set1_ps(p->xs[(m0 + j) * blocks + b]);                                \
+            for (int i = 0; i < TILE_N; i++) {                                                            \
+                __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0[i], a0);                      \
+                d = _mm512_dpbusd_epi32(d, w1[i], a1);                                                    \
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, acc[i][j]);                        \
+            }                                                                                             \
+        }                                                                                                 \
+    }                                                                                                     \
+    for (int i = 0; i < rows; i++)                                                                        \
+        for (int j = 0; j < MB; j++)                                                                      \
+            y[(m0 + j) * p->ldy + i] = sp[i] * (_mm512_reduce_add_ps(acc[i][j]) - p->xc[m0 + j]);          \
+}
+
 // Scale vector of one Q8_0 chunk: lanes 0-7 = s[0], 8-15 = s[1].
 static inline __m512 pair_scales(const float *s) {
     return _mm512_insertf32x8(_mm512_set1_ps(s[0]), _mm256_set1_ps(s[1]), 1);
 }
 
-// One tile: the 4 rows of W in `wp` (packed: chunk c of rows 0..3 at wp + (4c + i) * 64) against rows
-// m0..m0+MB of x. Row scales: `sp` holds the tile's 4 row scales, or (Q8_0) per chunk and row 2 scales.
-#define DEFINE_TILE(MB)                                                                                 \
-static inline void tile_##MB(const uint8_t *xq, const float *xs, int64_t K, const int8_t *wp,           \
-                             const float *sp, int per_block, int64_t m0, float *y, int64_t ldy, int rows) { \
+// Output projection: a tile of 4 rows of the Q8_0 table (int8, packed; sp: their packed block scales)
+// against rows m0..m0+MB of x.
+#define DEFINE_Q8_0_TILE(MB)                                                                            \
+static inline void q8_0_tile_##MB(const Product *p, const int8_t *wp, const float *sp, int64_t m0,        \
+                                  float *y, int rows) {                                                   \
+    const uint8_t *xq = (const uint8_t *)p->xq;                                                           \
+    const int64_t K = p->K, chunks = K / CHUNK;                                                           \
     __m512 acc[TILE_N][MB];                                                                               \
     for (int i = 0; i < TILE_N; i++)                                                                      \
         for (int j = 0; j < MB; j++) acc[i][j] = _mm512_setzero_ps();                                     \
     const __m512i bias = _mm512_set1_epi8((char)0x80);                                                    \
-    const int64_t chunks = K / CHUNK;                                                                     \
     for (int64_t c = 0; c < chunks; c++) {                                                                \
         __m512i wv[TILE_N], neg[TILE_N];                                                                  \
         __m512 wsc[TILE_N];                                                                               \
@@ -185,51 +267,73 @@ static inline void tile_##MB(const uint8_t *xq, const float *xs, int64_t K, cons
             wv[i] = _mm512_loadu_si512(wp + (c * TILE_N + i) * CHUNK);                                    \
             neg[i] = _mm512_sub_epi32(_mm512_setzero_si512(),                                            \
                                       _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wv[i]));         \
-            if (per_block) wsc[i] = pair_scales(sp + (c * TILE_N + i) * 2);                              \
+            wsc[i] = pair_scales(sp + (c * TILE_N + i) * 2);                                              \
         }                                                                                                 \
         for (int j = 0; j < MB; j++) {                                                                    \
             const __m512i a = _mm512_loadu_si512(xq + (m0 + j) * K + c * CHUNK);                          \
-            const __m512 s = _mm512_loadu_ps(xs + ((m0 + j) * chunks + c) * 16);                          \
+            const __m512 s = _mm512_loadu_ps(p->xs + ((m0 + j) * chunks + c) * 16);                       \
             for (int i = 0; i < TILE_N; i++) {                                                            \
                 __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg[i], a, wv[i]));                    \
-                acc[i][j] = _mm512_fmadd_ps(d, per_block ? _mm512_mul_ps(s, wsc[i]) : s, acc[i][j]);      \
+                acc[i][j] = _mm512_fmadd_ps(d, _mm512_mul_ps(s, wsc[i]), acc[i][j]);                     \
             }                                                                                             \
         }                                                                                                 \
     }                                                                                                     \
     for (int i = 0; i < rows; i++)                                                                        \
-        for (int j = 0; j < MB; j++) {                                                                    \
-            float v = _mm512_reduce_add_ps(acc[i][j]);                                                    \
-            y[(m0 + j) * ldy + i] = per_block ? v : v * sp[i];                                            \
-        }                                                                                                 \
+        for (int j = 0; j < MB; j++) y[(m0 + j) * p->ldy + i] = _mm512_reduce_add_ps(acc[i][j]);          \
 }
 
-DEFINE_TILE(4) DEFINE_TILE(3) DEFINE_TILE(2) DEFINE_TILE(1)
+DEFINE_ROWS_TILE(4) DEFINE_ROWS_TILE(3) DEFINE_ROWS_TILE(2) DEFINE_ROWS_TILE(1)
+DEFINE_Q8_0_TILE(4) DEFINE_Q8_0_TILE(3) DEFINE_Q8_0_TILE(2) DEFINE_Q8_0_TILE(1)
 
-// y (M, N) with row stride ldy = x @ W.T, W packed by tg_pack (N rounded up to a multiple of 4).
-// per_block: ws holds Q8_0 scales packed by tg_pack_scales, else one scale per (padded) row.
-// Rows of x go in blocks of ROWS_PER_PASS, so a block's activations stay in L2 while the threads share W.
-#define ROWS_PER_PASS 64
-void tg_matmul(const uint8_t *xq, const float *xs, int64_t M, int64_t K, const int8_t *w, const float *ws,
-               int per_block, int64_t N, float *y, int64_t ldy) {
-    const int64_t tiles = (N + TILE_N - 1) / TILE_N, chunks = K / CHUNK;
-    const int64_t scales_per_tile = per_block ? TILE_N * K / 32 : TILE_N;
-    for (int64_t m0 = 0; m0 < M; m0 += ROWS_PER_PASS) {
-        const int64_t rows = M - m0 < ROWS_PER_PASS ? M - m0 : ROWS_PER_PASS;
-        const uint8_t *bq = xq + m0 * K;
-        const float *bs = xs + m0 * chunks * 16;
-#pragma omp parallel for schedule(static)
-        for (int64_t t = 0; t < tiles; t++) {
-            const int8_t *wp = w + t * TILE_N * K;
-            const float *sp = ws + t * scales_per_tile;
-            float *by = y + m0 * ldy + t * TILE_N;
-            const int n = N - t * TILE_N < TILE_N ? (int)(N - t * TILE_N) : TILE_N;
-            int64_t m = 0;
-            for (; m + 4 <= rows; m += 4) tile_4(bq, bs, K, wp, sp, per_block, m, by, ldy, n);
-            switch (rows - m) {
-            case 3: tile_3(bq, bs, K, wp, sp, per_block, m, by, ldy, n); break;
-            case 2: tile_2(bq, bs, K, wp, sp, per_block, m, by, ldy, n); break;
-            case 1: tile_1(bq, bs, K, wp, sp, per_block, m, by, ldy, n); break;
-            }
+// All rows of x against one weight tile, 4 at a time. q8_0: which of the two products.
+static inline void tile_column(const Product *p, int q8_0, const void *wp, const float *sp, int64_t m0,
+                               int64_t rows, float *y, int n) {
+    int64_t m = m0;
+    if (q8_0) {
+        for (; m + 4 <= m0 + rows; m += 4) q8_0_tile_4(p, wp, sp, m, y, n);
+        switch (m0 + rows - m) {
+        case 3: q8_0_tile_3(p, wp, sp, m, y, n); break;
+        case 2: q8_0_tile_2(p, wp, sp, m, y, n); break;
+        case 1: q8_0_tile_1(p, wp, sp, m, y, n); break;
+        }
+    } else {
+        for (; m + 4 <= m0 + rows; m += 4) rows_tile_4(p, wp, sp, m, y, n);
+        switch (m0 + rows - m) {
+        case 3: rows_tile_3(p, wp, sp, m, y, n); break;
+        case 2: rows_tile_2(p, wp, sp, m, y, n); break;
+        case 1: rows_tile_1(p, wp, sp, m, y, n); break;
         }
     }
+}
+
+// Rows of x go in blocks of ROWS_PER_PASS, so a block's activations stay in L2 while the threads share W.
+#define ROWS_PER_PASS 64
+static void matmul(const Product *p, int q8_0, int64_t M, const void *w, const float *ws, int64_t N) {
+    const int64_t tiles = (N + TILE_N - 1) / TILE_N;
+    const int64_t scales_per_tile = q8_0 ? TILE_N * p->K / 32 : TILE_N;
+    for (int64_t m0 = 0; m0 < M; m0 += ROWS_PER_PASS) {
+        const int64_t rows = M - m0 < ROWS_PER_PASS ? M - m0 : ROWS_PER_PASS;
+#pragma omp parallel for schedule(static)
+        for (int64_t t = 0; t < tiles; t++) {
+            const int n = N - t * TILE_N < TILE_N ? (int)(N - t * TILE_N) : TILE_N;
+            tile_column(p, q8_0, (const int8_t *)w + t * TILE_N * p->K, ws + t * scales_per_tile, m0, rows,
+                        p->y + t * TILE_N, n);
+        }
+    }
+}
+
+// y (M, N), row stride ldy = x @ W.T for a layer: x from tg_quantize_rows, W uint8 packed (N rounded up
+// to 4 rows), ws one scale per (padded) row.
+void tg_matmul_rows(const int8_t *xq, const float *xs, const float *xc, int64_t M, int64_t K, const uint8_t *w,
+                    const float *ws, int64_t N, float *y, int64_t ldy) {
+    Product p = {xq, xs, xc, K, ldy, y};
+    matmul(&p, 0, M, w, ws, N);
+}
+
+// y (M, N), row stride ldy = x @ W.T for the Q8_0 table: x from tg_quantize, W int8 packed, ws its packed
+// block scales.
+void tg_matmul_q8_0(const uint8_t *xq, const float *xs, int64_t M, int64_t K, const int8_t *w, const float *ws,
+                    int64_t N, float *y, int64_t ldy) {
+    Product p = {xq, xs, 0, K, ldy, y};
+    matmul(&p, 1, M, w, ws, N);
 }
