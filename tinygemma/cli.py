@@ -14,6 +14,7 @@ COMMANDS = {
     "tokenize": "show the token ids of a text",
     "info": "describe a model file: architecture, tensor types, parameter counts",
     "bench": "speed: tinygemma vs llama.cpp side by side",
+    "serve": "OpenAI-compatible HTTP server: many conversations at once, structured output",
 }
 
 
