@@ -17,3 +17,11 @@ def isolated_cache():
             os.environ.pop("TINYGEMMA_CACHE", None)
         else:
             os.environ["TINYGEMMA_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def default_lm(isolated_cache):
+    """The embedded default model on the fast path (converted once per test session)."""
+    import tinygemma
+
+    return tinygemma.load()

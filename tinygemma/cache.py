@@ -11,9 +11,14 @@ Worked example, window W = 4, one sequence: after a 6-token prefill the ring hol
 (evicting position 2, which position 6 no longer sees: it sees 3, 4, 5, 6), then attends over the ring.
 A multi-token chunk instead attends over the old ring plus the new entries, then writes the new entries,
 because its first tokens still need keys its last tokens would evict.
+
+For a batch of separate sequences (the engine's decode step), ``RowCaches`` holds one cache list per batch
+row; the model then runs attention row by row, each row against its own cache, with no padding.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import torch
 
@@ -41,6 +46,17 @@ class _Buffers:
         self.v = torch.cat([self.v, self.v.new_zeros(b, h, grow, d)], dim=2)
         self.pos = torch.cat([self.pos, self.pos.new_full((b, grow), -1)], dim=1)
 
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes + self.pos.nbytes
+
+    def truncate(self, n: int) -> None:
+        """Forget every entry from position n on (the next write is position n)."""
+        if not self.can_truncate(n):
+            raise ValueError(f"cache cannot be cut back to {n} entries")
+        self.pos.masked_fill_(self.pos >= n, -1)
+        self.offset = n
+
 
 class KVCache(_Buffers):
     """Full cache for global-attention layers; grows by doubling up to the context length."""
@@ -59,6 +75,9 @@ class KVCache(_Buffers):
         self.offset = end
         return self.k[:, :, :end], self.v[:, :, :end], self.pos[:, :end]
 
+    def can_truncate(self, n: int) -> bool:
+        return 0 <= n <= self.offset
+
 
 class RingKVCache(_Buffers):
     """Ring buffer of `window` entries for sliding-window layers (slot = entry index % window).
@@ -75,6 +94,14 @@ class RingKVCache(_Buffers):
     def filled(self) -> int:
         """Slots in use; until the ring first wraps they are the first ones, in order."""
         return min(self.offset, self.window)
+
+    def can_truncate(self, n: int) -> bool:
+        """Whether the ring still holds what position n attends to: positions n - window + 1 .. n - 1.
+
+        It holds positions offset - window .. offset - 1, so cutting back works before the first wrap,
+        or by at most one entry after it.
+        """
+        return 0 <= n <= self.offset and (self.offset <= self.window or n >= self.offset - 1)
 
     def _write(self, k, v, pos):
         n = k.shape[2]
@@ -115,3 +142,94 @@ def make_cache(config: Gemma3Config, batch: int = 1, dtype: torch.dtype = torch.
     return [RingKVCache(*shape, window=config.sliding_window, capacity=capacity) if t == SLIDING
             else KVCache(*shape, capacity=capacity, limit=config.max_position_embeddings)
             for t in config.layer_types]
+
+
+class RowCaches:
+    """One cache list (as make_cache builds it) per batch row, for a batch of separate sequences.
+
+    model(ids (B, 1), positions (B, 1), RowCaches([c0, c1, ...])) runs the projections and MLPs batched
+    and attention row by row against each row's own cache: no padding, no copying, and each row's
+    attention is exactly what it would be alone.
+    """
+
+    def __init__(self, rows: list[list]):
+        self.rows = rows
+
+    def __getitem__(self, layer: int) -> "LayerRows":
+        return LayerRows(row[layer] for row in self.rows)
+
+
+class LayerRows(list):
+    """One layer's caches, one per batch row (what RowCaches gives each layer)."""
+
+
+def cache_nbytes(cache: list) -> int:
+    return sum(layer.nbytes for layer in cache)
+
+
+def can_truncate(cache: list, n: int) -> bool:
+    return all(layer.can_truncate(n) for layer in cache)
+
+
+def truncate(cache: list, n: int) -> None:
+    """Cut every layer back to its first n positions (see can_truncate)."""
+    for layer in cache:
+        layer.truncate(n)
+
+
+class IdleCaches:
+    """Caches of finished requests, kept for follow-up turns: a least-recently-used store bounded in bytes.
+
+    Each entry is (tokens whose keys and values the cache holds, the cache). take() removes and returns
+    the entry that a prompt continues best; the caller then owns it.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[int, tuple[tuple[int, ...], list, int]] = OrderedDict()
+        self.nbytes = 0
+        self.evictions = 0
+        self._next_key = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def put(self, tokens: list[int], cache: list) -> None:
+        size = cache_nbytes(cache)
+        if not tokens or size > self.max_bytes:
+            return
+        self.entries[self._next_key] = (tuple(tokens), cache, size)
+        self._next_key += 1
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, (_, _, dropped) = self.entries.popitem(last=False)
+            self.nbytes -= dropped
+            self.evictions += 1
+
+    def best_match(self, prompt: list[int]) -> tuple[int | None, int]:
+        """(key of the entry sharing the longest prefix with `prompt`, that prefix's length)."""
+        best_key, best_len = None, 0
+        for key, (tokens, _, _) in self.entries.items():
+            n = _common_prefix(tokens, prompt)
+            if n > best_len:
+                best_key, best_len = key, n
+        return best_key, best_len
+
+    def get(self, key: int) -> tuple[tuple[int, ...], list]:
+        """(tokens, cache) of an entry, left in place (and marked as recently used)."""
+        self.entries.move_to_end(key)
+        tokens, cache, _ = self.entries[key]
+        return tokens, cache
+
+    def take(self, key: int) -> list:
+        _, cache, size = self.entries.pop(key)
+        self.nbytes -= size
+        return cache
+
+
+def _common_prefix(a, b) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -15,6 +15,7 @@ COMMANDS = {
     "info": "describe a model file: architecture, tensor types, parameter counts",
     "bench": "speed: tinygemma vs llama.cpp side by side",
     "eval": "evaluate: IFEval, perplexity of a text file, classification metrics of a predictions file",
+    "serve": "OpenAI-compatible HTTP server: many conversations at once, structured output",
 }
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cache import LayerRows, RowCaches
 from .config import SLIDING, Gemma3Config
 
 
@@ -103,15 +104,26 @@ class Attention(nn.Module):
         k = self.k_norm(k.view(b, n, self.n_kv, self.head_dim)).transpose(1, 2)      # (B, Hkv, L, D)
         v = v.reshape(b, n, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
+        if isinstance(cache, LayerRows):
+            # Separate sequences, one per row: each row attends over its own cache, as it would alone.
+            out = torch.cat([self.attend(q[i:i + 1], k[i:i + 1], v[i:i + 1], positions[i:i + 1], row_cache,
+                                         masks.setdefault(("row", i), {}))
+                             for i, row_cache in enumerate(cache)])
+        else:
+            out = self.attend(q, k, v, positions, cache, masks)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+    def attend(self, q, k, v, positions, cache, masks: dict) -> torch.Tensor:
+        """Attention output (B, H, L, D) for roped q (B, H, L, D) and new k, v (B, Hkv, L, D)."""
+        b, _, n, _ = q.shape
         if cache is not None:
             k, v, k_pos = cache.update(k, v, positions)
         else:
             k_pos = positions
         if self.attend_one is not None and n == 1 and self.softcap is None and v.dtype == torch.float32 \
                 and k.stride() == v.stride() and k.stride(-1) == 1:
-            out = self.attend_one(q[:, :, 0], k, v, k_pos, positions[:, 0], self.window if self.sliding else None,
-                                  self.scale)[:, :, None]
-            return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+            return self.attend_one(q[:, :, 0], k, v, k_pos, positions[:, 0],
+                                   self.window if self.sliding else None, self.scale)[:, :, None]
         # A fresh sequence that fits the window is plainly causal: the kernel's own causal path skips the
         # masked half, and no mask is built.
         causal = (self.softcap is None and n > 1 and masks.get("fresh", False)
@@ -121,20 +133,18 @@ class Attention(nn.Module):
             # Every layer of one kind sees the same key positions, so its mask is built once per forward.
             mask = masks[self.sliding] = attention_mask(positions, k_pos, self.window if self.sliding else None)
         if self.softcap is None and n > 1:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                                 scale=self.scale, enable_gqa=self.n_heads != self.n_kv)
-        else:
-            # Plain matmuls: softcapping needs them, and for one query they beat the fused kernel's setup.
-            # Query heads sharing a K/V head are grouped instead of repeating K and V.
-            rep = self.n_heads // self.n_kv
-            qg = q.reshape(b, self.n_kv, rep * n, self.head_dim)                # (B, Hkv, rep*L, D)
-            scores = (qg @ k.transpose(-1, -2)) * self.scale                    # (B, Hkv, rep*L, S)
-            if self.softcap is not None:
-                scores = torch.tanh(scores / self.softcap) * self.softcap
-            scores = scores.view(b, self.n_kv, rep, n, -1).masked_fill(~mask[:, :, None], float("-inf"))
-            probs = scores.float().softmax(-1).to(v.dtype).view(b, self.n_kv, rep * n, -1)
-            out = (probs @ v).view(b, self.n_heads, n, self.head_dim)
-        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                                  scale=self.scale, enable_gqa=self.n_heads != self.n_kv)
+        # Plain matmuls: softcapping needs them, and for one query they beat the fused kernel's setup.
+        # Query heads sharing a K/V head are grouped instead of repeating K and V.
+        rep = self.n_heads // self.n_kv
+        qg = q.reshape(b, self.n_kv, rep * n, self.head_dim)                    # (B, Hkv, rep*L, D)
+        scores = (qg @ k.transpose(-1, -2)) * self.scale                        # (B, Hkv, rep*L, S)
+        if self.softcap is not None:
+            scores = torch.tanh(scores / self.softcap) * self.softcap
+        scores = scores.view(b, self.n_kv, rep, n, -1).masked_fill(~mask[:, :, None], float("-inf"))
+        probs = scores.float().softmax(-1).to(v.dtype).view(b, self.n_kv, rep * n, -1)
+        return (probs @ v).view(b, self.n_heads, n, self.head_dim)
 
 
 class MLP(nn.Module):
@@ -206,11 +216,14 @@ class Gemma3Model(nn.Module):
         """Logits (B, L, V) in float32 for token ids (B, L).
 
         positions: absolute positions (B, L); default continues the cache (or starts at 0). Position -1
-        marks a padding token. cache: from make_cache(), updated in place. last_only: logits of the
+        marks a padding token. cache: from make_cache(), updated in place; or a RowCaches (one cache per
+        row, rows being separate sequences; positions required). last_only: logits of the
         final position only (B, 1, V), which spares the vocabulary projection during prefill.
         logit_slice: logits only for these positions (as for perplexity, which scores half a window).
         """
         cfg = self.config
+        if positions is None and isinstance(cache, RowCaches):
+            raise ValueError("a RowCaches batch needs explicit positions")
         # "fresh": default positions from 0 and nothing cached, so attention is plainly causal.
         masks: dict = {"fresh": positions is None and not (cache and cache[0].offset)}
         if positions is None:

@@ -1,8 +1,10 @@
 """Quantized building blocks of the fast CPU path (chosen by measurement on a 2-core AVX-512 machine).
 
 - Int8Linear: weight-only int8, one scale per output row, on PyTorch's int8pack CPU kernel, for
-  decode-sized inputs (fewer than DENSE_MIN_ROWS rows); larger inputs (prefill, wide batches) dequantize
-  the weight to bfloat16 on the fly and run a bfloat16 GEMM, which is faster there.
+  decode-sized inputs (fewer than DENSE_MIN_ROWS positions per sequence); longer inputs (prefill)
+  dequantize the weight to bfloat16 on the fly and run a bfloat16 GEMM, which is faster there.
+  The choice never depends on the batch size: both kernels compute each row independently of the others,
+  so a sequence decoded in a batch gets bit-for-bit the logits it would get alone.
   Per-row int8 costs under 0.2% perplexity; per-group int4 costs ~25% on this model, so layers stay int8.
 - Int4Linear: weight-only int4, group-wise asymmetric, on the int4pack CPU kernel: the output projection.
 - Int8Embedding: the embedding table as int8 per 32-value group (Q8_0's layout): a Q8_0 embedding is
@@ -24,7 +26,7 @@ from torch import nn
 from .kernels import BLOCK, Q8, pack_q8_0, pack_rows
 
 GROUP_SIZE = 32          # int4 group (values sharing one scale and zero point)
-DENSE_MIN_ROWS = 8       # inputs with at least this many rows use a bfloat16 GEMM
+DENSE_MIN_ROWS = 8       # inputs with at least this many positions per sequence use a bfloat16 GEMM
 RESCORE_TOP_K = 1024     # output-projection candidates recomputed exactly per row
 
 
@@ -50,8 +52,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        per_sequence = x.shape[-2] if x.dim() >= 3 else x2.shape[0]    # (B, L, K): L; (M, K): M
         # The int8pack kernel reads rows in blocks of 16 values: other widths give wrong results.
-        if x2.shape[0] >= DENSE_MIN_ROWS or self.in_features % 16:
+        if per_sequence >= DENSE_MIN_ROWS or self.in_features % 16:
             y = F.linear(x2, self.dequantized())
         else:
             y = torch.ops.aten._weight_int8pack_mm(x2, self.q, self.scales)
@@ -239,7 +242,7 @@ class RescoredHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).float()
-        logits = self.approx(x2)                                          # (M, V)
+        logits = self.approx(x).reshape(x2.shape[0], -1)                 # (M, V); approx sees (B, L, H)
         k = min(self.k, logits.shape[-1])
         top = logits.topk(k, dim=-1, sorted=False).indices               # (M, k)
         exact = torch.einsum("mh,mkh->mk", x2, self.table(top))          # rows as the exact path has them

@@ -21,7 +21,10 @@
 
 #define CHUNK 64
 #define TILE_N 4
-#define BLOCK 128    // activation block of the layers' products
+#ifndef BLOCK
+#define BLOCK 128    // activation values per scale in the layers' products
+#endif
+#define CPB (BLOCK / CHUNK)
 
 static inline float rms_factor(const float *row, int64_t K, float eps) {
     __m512 ss = _mm512_setzero_ps();
@@ -223,18 +226,17 @@ static inline void rows_tile_##MB(const Product *p, const uint8_t *wp, const flo
     for (int i = 0; i < TILE_N; i++)                                                                      \
         for (int j = 0; j < MB; j++) acc[i][j] = _mm512_setzero_ps();                                     \
     for (int64_t b = 0; b < blocks; b++) {                                                                \
-        __m512i w0[TILE_N], w1[TILE_N];                                                                   \
-        for (int i = 0; i < TILE_N; i++) {                                                                \
-            w0[i] = _mm512_loadu_si512(wp + (2 * b * TILE_N + i) * CHUNK);                                \
-            w1[i] = _mm512_loadu_si512(wp + ((2 * b + 1) * TILE_N + i) * CHUNK);                          \
-        }                                                                                                 \
+        __m512i wv[CPB][TILE_N];                                                                          \
+        for (int u = 0; u < CPB; u++)                                                                     \
+            for (int i = 0; i < TILE_N; i++)                                                              \
+                wv[u][i] = _mm512_loadu_si512(wp + ((b * CPB + u) * TILE_N + i) * CHUNK);                 \
         for (int j = 0; j < MB; j++) {                                                                    \
-            const __m512i a0 = _mm512_loadu_si512(xq + (m0 + j) * K + b * BLOCK);                        \
-            const __m512i a1 = _mm512_loadu_si512(xq + (m0 + j) * K + b * BLOCK + CHUNK);                 \
+            __m512i a[CPB];                                                                               \
+            for (int u = 0; u < CPB; u++) a[u] = _mm512_loadu_si512(xq + (m0 + j) * K + b * BLOCK + u * CHUNK); \
             const __m512 s = _mm512_set1_ps(p->xs[(m0 + j) * blocks + b]);                                \
             for (int i = 0; i < TILE_N; i++) {                                                            \
-                __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w0[i], a0);                      \
-                d = _mm512_dpbusd_epi32(d, w1[i], a1);                                                    \
+                __m512i d = _mm512_setzero_si512();                                                       \
+                for (int u = 0; u < CPB; u++) d = _mm512_dpbusd_epi32(d, wv[u][i], a[u]);                 \
                 acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), s, acc[i][j]);                        \
             }                                                                                             \
         }                                                                                                 \
