@@ -137,7 +137,8 @@ def test_cache_file_round_trip_and_default_load(tiny, tmp_path, monkeypatch):
     second = load(path)                                  # maps the cache
     mapped = fast.map_buffers(files[0])
     assert mapped and all(t.data_ptr() % fast.ALIGN == 0 for t in mapped.values() if t.numel())
-    assert isinstance(second.model.layers[0].mlp.gate_up_proj, Int8Linear)     # width 64: no native layers
+    assert isinstance(second.model.layers[0].mlp.gate_up_proj, Int8Linear if q8() is None else NativeInt8Linear)
+    assert isinstance(second.model.layers[0].mlp.down_proj, Int8Linear)        # width 96: the torch kernel
     assert isinstance(second.model.embed_tokens, Int8Embedding if q8() is None else Q8Table)
     ids = ids_for(cfg, 12)
     torch.testing.assert_close(first.logits(ids), second.logits(ids), atol=0, rtol=0)

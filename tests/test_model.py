@@ -120,3 +120,16 @@ def test_model_has_no_float16_and_meta_init_is_cheap():
         m = Gemma3Model(cfg)
     assert all(p.is_meta for p in m.parameters())
     assert sum(p.numel() for p in m.parameters()) == cfg.num_parameters
+
+
+@pytest.mark.parametrize("n,window", [(300, None), (300, 64), (700, 512), (5, 3)])
+def test_causal_attention_matches_masked_sdpa(n, window):
+    from tinygemma.model import attention_mask, causal_attention
+
+    g = torch.Generator().manual_seed(n)
+    q = torch.randn(2, 4, n, 32, generator=g)
+    k, v = torch.randn(2, 2, n, 32, generator=g), torch.randn(2, 2, n, 32, generator=g)
+    pos = torch.arange(n).expand(2, -1)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask(pos, pos, window),
+                                                           scale=0.2, enable_gqa=True)
+    torch.testing.assert_close(causal_attention(q, k, v, window, 0.2), ref, atol=1e-5, rtol=1e-5)

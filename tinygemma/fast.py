@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import Gemma3Config
 from .model import Gemma3Model
-from .kernels import Q8
+from .kernels import BLOCK, Q8
 from .quant import (GROUP_SIZE, FrozenRMSNorm, Int4Linear, Int8Embedding, Int8Linear, NativeInt8Linear,
                     NormQuantize, Q8Table, RescoredHead, TiedHead)
 
@@ -150,7 +150,7 @@ def cache_key(source: Path, native: bool) -> str:
     """Identifies a weight source by path, size and modification time of its files, and the layout."""
     files = sorted(source.glob("*")) if source.is_dir() else [source]
     layout = "native" if native else "torch"
-    h = hashlib.sha256(f"v{FORMAT_VERSION} g{GROUP_SIZE} {layout} {torch.__version__}".encode())
+    h = hashlib.sha256(f"v{FORMAT_VERSION} g{GROUP_SIZE} {layout} b{BLOCK} {torch.__version__}".encode())
     for f in files:
         if f.is_file():
             st = f.stat()

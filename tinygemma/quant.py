@@ -64,14 +64,14 @@ class Int8Linear(nn.Module):
 class Quantized(NamedTuple):
     """Activations already quantized for a NativeInt8Linear (what NormQuantize hands a projection)."""
     q: torch.Tensor         # (M, K) int8
-    scales: torch.Tensor    # (M, K / 128) float32
+    scales: torch.Tensor    # (M, K / BLOCK) float32
     comp: torch.Tensor      # (M,) float32: the weight offset's contribution (Q8.quantize_rows)
     shape: torch.Size       # the float input's shape
 
 
 class NativeInt8Linear(nn.Module):
     """y = x @ W.T on the native VNNI kernel: W int8 per output row (tile layout), activations int8 per
-    128 values. Accepts float inputs or Quantized ones. Output float32."""
+    BLOCK values. Accepts float inputs or Quantized ones. Output float32."""
 
     def __init__(self, kernels: Q8, packed: torch.Tensor, scales: torch.Tensor, out_features: int):
         super().__init__()

@@ -2,9 +2,9 @@
 //
 // VPDPBUSD multiplies unsigned by signed bytes, so one operand carries an offset of 128:
 // - Layers (tg_matmul_rows): weights one scale per row, stored as uint8 = int8 + 128; activations int8 with
-//   one scale per block of 128 values (as llama.cpp quantizes activations per block, Q8_K: 256). The
+//   one scale per BLOCK values (as llama.cpp quantizes activations per block; its Q8_K has 256). The
 //   offset adds 128 * sum(x) to each dot product; that sum depends on the activation row only and is
-//   removed once per output (xc). Two chunks of 64 accumulate in int32 before one conversion to float.
+//   removed once per output (xc). A block's chunks of 64 accumulate in int32, then convert to float once.
 // - Output projection (tg_matmul_q8_0): the Q8_0 embedding table (int8, one scale per 32 values) against
 //   activations quantized per 32 values and stored as uint8 = int8 + 128; the offset's contribution,
 //   128 * sum(w), is removed by starting each block's accumulator at -128 * sum(w). A 64-byte chunk holds
@@ -22,7 +22,7 @@
 #define CHUNK 64
 #define TILE_N 4
 #ifndef BLOCK
-#define BLOCK 128    // activation values per scale in the layers' products
+#define BLOCK 64     // activation values per scale in the layers' products: -DBLOCK from kernels/__init__.py
 #endif
 #define CPB (BLOCK / CHUNK)
 
@@ -157,7 +157,7 @@ void tg_attend(const float *q, int64_t B, int64_t H, int64_t Hkv, int64_t D, con
     }
 }
 
-// Layers: one row of K values (K % 128 == 0) -> int8 per block of 128 (xs: scales), xc = 128 * sum over
+// Layers: one row of K values (K % BLOCK == 0) -> int8 per BLOCK values (xs: scales), xc = 128 * sum over
 // blocks of scale * sum(q): the uint8 weight offset's contribution, removed after the dot products.
 static void quantize_row_s8(const float *row, int64_t K, float norm, const float *gain, int8_t *xq, float *xs,
                             float *xc) {
@@ -185,7 +185,7 @@ static void quantize_row_s8(const float *row, int64_t K, float norm, const float
     *xc = 128.0f * comp;
 }
 
-// x (M, K) float32 -> xq int8 (M, K), xs (M, K / 128), xc (M); RMS-normalized with `gain` first if not NULL.
+// x (M, K) float32 -> xq int8 (M, K), xs (M, K / BLOCK), xc (M); RMS-normalized with `gain` first if not NULL.
 void tg_quantize_rows(const float *x, int64_t M, int64_t K, const float *gain, float eps, int8_t *xq, float *xs,
                       float *xc) {
 #pragma omp parallel for schedule(static) if (M >= 16)
@@ -196,7 +196,7 @@ void tg_quantize_rows(const float *x, int64_t M, int64_t K, const float *gain, f
 }
 
 // gu (M, 2I): gate in the first I columns, up in the last I. Quantizes gelu(gate) * up like
-// tg_quantize_rows (I % 128 == 0); tmp: M * I floats of scratch.
+// tg_quantize_rows (I % BLOCK == 0); tmp: M * I floats of scratch.
 void tg_quantize_geglu(const float *gu, int64_t M, int64_t I, float *tmp, int8_t *xq, float *xs, float *xc) {
 #pragma omp parallel for schedule(static) if (M >= 16)
     for (int64_t m = 0; m < M; m++) {
