@@ -34,7 +34,7 @@ def test_speed_benchmark_tinygemma_only(tmp_path, capsys, monkeypatch):
     assert data["engines_run"] == ["tinygemma"]
     assert data["ratios"] == {} and data["chart"] is None
 
-    keys = ["load_s", "peak_rss_mib", "prefill_16", "prefill_32", "decode", "batch_1", "batch_2"]
+    keys = ["load_s", "single_stream_rss_mib", "peak_rss_mib", "prefill_16", "prefill_32", "decode", "batch_1", "batch_2"]
     assert [m["key"] for m in data["metrics"]] == keys
     assert all(data["medians"]["tinygemma"][k] > 0 for k in keys), data["medians"]
 
@@ -43,6 +43,7 @@ def test_speed_benchmark_tinygemma_only(tmp_path, capsys, monkeypatch):
     for k in ("load_s", "import_s", "model_load_s", "peak_rss_mib", "rss_after_load_mib", "wall_s"):
         assert run[k] > 0, k
     assert run["load_s"] >= run["model_load_s"]
+    assert run["rss_after_load_mib"] <= run["single_stream_rss_mib"] <= run["peak_rss_mib"]
     assert {n: p["tokens"] for n, p in run["prefill"].items()} == {"16": 16, "32": 32}
     assert all(p["seconds"] > 0 and p["tps"] > 0 for p in run["prefill"].values())
     assert run["decode"]["new_tokens"] == 8 and run["decode"]["tokens"] == 7 and run["decode"]["tps"] > 0

@@ -167,6 +167,7 @@ def run_tinygemma(a) -> dict:
         secs = model_loop([prompt], steps, 0)
         out["decode"] = {**_rate(steps, secs), "new_tokens": a.decode_tokens,
                          "via": f"model loop (stream_generate stopped after {n_gen} tokens)"}
+    out["single_stream_rss_mib"] = _rss_mib()         # peak so far: load, prefills, one stream
 
     for b in a.batch_sizes:
         prompts = batch_prompts(bos, text_ids, b, a.batch_prompt_tokens)
@@ -289,6 +290,7 @@ def run_llama_cpp(a) -> dict:
     steps = a.decode_tokens - 1           # the first new token comes from the prompt's logits, as in tinygemma
     out["decode"] = {**_rate(steps, lowlevel_loop([prompt], steps, 0)), "new_tokens": a.decode_tokens,
                      "via": "llama_decode loop, 1 sequence"}
+    out["single_stream_rss_mib"] = _rss_mib()         # peak so far: load, prefills, one stream
 
     for b in a.batch_sizes:
         prompts = batch_prompts(bos, text_ids, b, a.batch_prompt_tokens)
