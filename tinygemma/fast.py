@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .config import Gemma3Config
-from .model import Gemma3Model
+from .model import Gemma3Model, empty_model
 from .kernels import BLOCK, Q8
 from .quant import (GROUP_SIZE, FrozenRMSNorm, Int4Linear, Int8Embedding, Int8Linear, NativeInt8Linear,
                     NormQuantize, Q8Table, RescoredHead, TiedHead)
@@ -88,8 +88,7 @@ def assemble(config: Gemma3Config, buffers: dict[str, torch.Tensor], kernels: Q8
     """Build the fast model around converted buffers (no copies: they may be views of a memory map)."""
     if any(name.endswith(".packed_q") for name in buffers) and kernels is None:
         raise ValueError("these converted weights need the native kernels")
-    with torch.device("meta"):
-        model = Gemma3Model(config)
+    model = empty_model(config)
     for i, layer in enumerate(model.layers):
         for fused, parts in FUSED:
             p = f"layers.{i}.{fused}."

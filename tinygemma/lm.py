@@ -13,7 +13,7 @@ import torch
 from .config import Gemma3Config
 from .errors import ContextLengthError, TinyGemmaError
 from .generate import GenerationChunk, stream_generate
-from .model import Gemma3Model
+from .model import Gemma3Model, empty_model
 from .sampling import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,7 @@ class LM:
         With dtype=bfloat16 the layers' matrices are bfloat16; norm gains and the (tied) embedding /
         output projection stay float32: a bfloat16 output projection alone flips ~2% of greedy picks.
         """
-        with torch.device("meta"):
-            model = Gemma3Model(config)
+        model = empty_model(config)
         keep_fp32 = {"embed_tokens.weight", "lm_head.weight"}
         state = {k: v.to(torch.float32 if k in keep_fp32 or v.ndim == 1 else dtype) for k, v in tensors.items()}
         model.load_state_dict(state, strict=True, assign=True)

@@ -281,3 +281,18 @@ class Gemma3Model(nn.Module):
             c = cfg.final_logit_softcapping
             logits = torch.tanh(logits / c) * c
         return logits
+
+
+def empty_model(config: Gemma3Config) -> Gemma3Model:
+    """A Gemma3Model whose parameters are on the meta device, uninitialized: their values come from a file.
+    (Initializing on meta costs nothing but loads ~1.5 s of PyTorch's reference-op modules the first time.)"""
+    skipped = (nn.Linear, nn.Embedding)
+    saved = [cls.reset_parameters for cls in skipped]
+    try:
+        for cls in skipped:
+            cls.reset_parameters = lambda self: None
+        with torch.device("meta"):
+            return Gemma3Model(config)
+    finally:
+        for cls, reset in zip(skipped, saved):
+            cls.reset_parameters = reset

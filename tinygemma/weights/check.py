@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..config import Gemma3Config
 from ..errors import WeightsError
 
 
 def expected_shapes(config: Gemma3Config) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape of the model for `config`, computed without allocating (meta device)."""
-    from ..model import Gemma3Model
+    from ..model import empty_model
 
-    with torch.device("meta"):
-        model = Gemma3Model(config)
+    model = empty_model(config)
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
