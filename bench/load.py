@@ -369,6 +369,15 @@ class Server:
         os.unlink(self.log.name)
 
 
+def turn_record(turn: Turn) -> dict:
+    """A Turn for load.json: the gaps as count, mean and max (all of them are in the percentiles)."""
+    out = asdict(turn)
+    gaps = out.pop("gaps_s")
+    out["gaps"] = {"count": len(gaps), "mean_s": statistics.fmean(gaps) if gaps else None,
+                   "max_s": max(gaps, default=None)}
+    return out
+
+
 def measure(base: str, pid: int, engine: str, model: str, args) -> dict:
     """Runs the load args.runs times against a running server (process `pid`); per run: the client's
     numbers, the server's CPU-seconds and RSS, and its /metrics counters before and after."""
@@ -392,7 +401,7 @@ def measure(base: str, pid: int, engine: str, model: str, args) -> dict:
         energy = cpu * args.watts_per_core
         summary["energy_j"] = energy
         summary["energy_per_conversation_j"] = energy / args.users
-        summary["turns"] = [asdict(t) for t in load["turns"]]
+        summary["turns"] = [turn_record(t) for t in load["turns"]]
         runs.append(summary)
         print(f"  {engine} run {run + 1}/{args.runs}: {summary['completion_tps']:.1f} tok/s, "
               f"{summary['failed_requests']} failed, {summary['wall_s']:.1f} s, "
@@ -462,7 +471,8 @@ METRICS = [
     ("ttft_p95_s", "time to first token p95", "s", "lower", "{:.2f}"),
     ("itl_p50_ms", "inter-token latency p50", "ms", "lower", "{:.0f}"),
     ("itl_p95_ms", "inter-token latency p95", "ms", "lower", "{:.0f}"),
-    ("failed_requests", "failed requests", "", "lower", "{:.0f}"),
+    ("requests", "requests sent", "", None, "{:.0f}"),
+    ("failed_requests", "failed requests (and not sent)", "", "lower", "{:.0f}"),
     ("completion_tokens", "completion tokens", "", None, "{:.0f}"),
     ("wall_s", "wall time of the load", "s", "lower", "{:.1f}"),
     ("followup_prefill_tokens", "prefill tokens, follow-up turns", "tok", "lower", "{:.0f}"),
