@@ -15,6 +15,7 @@ COMMANDS = {
     "info": "describe a model file: architecture, tensor types, parameter counts",
     "bench": "speed: tinygemma vs llama.cpp side by side",
     "serve": "OpenAI-compatible HTTP server: many conversations at once, structured output",
+    "story": "the story generator web page: starts the server and prints (or opens) its address",
 }
 
 
