@@ -28,9 +28,9 @@ def test_title_from_character_and_setting():
 def test_base_prompt_is_a_story_book_page_with_the_choices_woven_in():
     prompt = story_prompt(CAT, instruction_tuned=False)
     assert prompt.messages is None and prompt.opening == OPENING
-    assert prompt.text.endswith(f"{title(CAT)}\nA friendship story about a curious cat in a magical forest who "
-                                f"finds a glowing key. (about 150 words)\n\n{OPENING}")
-    assert "\n\nThe End.\n\n" in prompt.text                  # the example story shows how a story ends
+    assert prompt.text.endswith(f"Title: {title(CAT)}\nSummary: A friendship story about a curious cat in a "
+                                f"magical forest who finds a glowing key. About 150 words.\nStory: {OPENING}")
+    assert ".\nThe End.\n\nTitle: " in prompt.text                 # the example story shows how a story ends
     assert prompt.stop == BASE_STOPS and "The End" in prompt.stop
     assert prompt.max_tokens >= LENGTHS["short"][1]             # room for the upper bound of the words
 
@@ -43,7 +43,7 @@ def test_longer_choices_get_more_tokens():
 def test_continue_prompt_extends_the_story_so_far():
     so_far = "Once upon a time, a cat lived in a forest. It was happy."
     prompt = story_prompt(CAT, False, story_so_far=so_far + "\n")
-    assert prompt.text.endswith(f"(about 150 words)\n\n{so_far}\n\n{CONTINUE_OPENING}")
+    assert prompt.text.endswith(f"About 150 words.\nStory: {so_far}\n\n{CONTINUE_OPENING}")
     assert prompt.opening == CONTINUE_OPENING
     assert prompt.text.startswith(story_prompt(CAT, False).text.removesuffix(OPENING))
 

@@ -1,10 +1,10 @@
 """Story prompts for the story page: five choices -> a prompt the model continues, and where the story ends.
 
 The default weights are the pretrained model: it continues text, it does not follow instructions. So its
-prompt is a page of a children's story book: one finished example story teaches the shape (title, a summary
-line, the story, "The End."), then comes the new story's title and summary woven from the choices, and its
-first words, "Once upon a time,". Generation stops at "The End" (or a blank gap, or the token budget of the
-chosen length) and `finish_story` cuts what came to the last full sentence.
+prompt is a page of a children's story book: one finished example story teaches the shape (title, summary,
+story, "The End."), then come the new story's title and summary woven from the choices, and its first
+words, "Once upon a time,". Generation stops at "The End", at a new "Title:" or "Summary:" line, at a blank
+gap or at the token budget of the chosen length; `finish_story` cuts what came to the last full sentence.
 
 Instruction-tuned weights get the anchor's one sentence through the chat template instead:
 "Write a <length> <theme> story about <character> <setting> that <twist>."
@@ -23,21 +23,21 @@ CONTINUE_WORDS = 150           # what Continue adds, at most
 OPENING = "Once upon a time,"
 CONTINUE_OPENING = "The next day,"      # Continue starts a new paragraph: the old story had ended
 END_MARKER = "The End"
-# "The End" closes a story; three newlines are a page break; a summary line means a new story has begun.
-BASE_STOPS = (END_MARKER, "THE END", "\n\n\n", "(about ")
+# "The End" closes a story; a "Title:" or "Summary:" line means a new one has begun; three newlines, a page break.
+BASE_STOPS = (END_MARKER, "THE END", "\nTitle:", "\nSummary:", "\n\n\n")
 
+# The example is plain on purpose: a vivid object in it (a red balloon, say) turns up in the model's stories.
 EXAMPLE = """\
-Children's Stories: short stories for bedtime. Each story has a title and a summary, and ends with "The End."
+Bedtime Stories: short stories for children. Each one has a title and a summary, and ends with "The End."
 
-The Little Fox and the Red Balloon
-A kind story about a little fox in a quiet village who finds a red balloon. (about 100 words)
-
-Once upon a time, a little fox lived at the edge of a quiet village. One windy morning, she found a red \
-balloon stuck in an old apple tree. The balloon belonged to a small boy who was crying by the gate. The fox \
-climbed the tree, carefully untangled the string and carried the balloon down in her teeth. The boy laughed \
-and hugged her. From that day on, the boy and the fox met by the gate every morning, and the boy always \
-shared his breakfast with his new friend. The fox learned that a small kindness can make a big friendship.
-
+Title: The Little Fox Who Helped
+Summary: A kindness story about a little fox in a quiet village who helps a lost duckling. About 120 words.
+Story: Once upon a time, a little fox lived at the edge of a quiet village. One windy morning, she heard a \
+small voice crying by the pond. It was a duckling who had lost her family in the tall reeds. The fox was \
+hungry and tired, but she did not walk away. She walked with the duckling along the water all afternoon, \
+asking the frogs and the herons for help. At last, just before sunset, they heard the mother duck calling. \
+The duckling ran to her family, and the mother duck thanked the fox again and again. That night the fox \
+went to sleep happy, because helping someone had made her day the best one of all.
 The End.
 
 """
@@ -92,9 +92,9 @@ def story_prompt(choices: StoryChoices, instruction_tuned: bool, story_so_far: s
         return StoryPrompt(title(choices), None, messages, "", max_tokens, ())
     words_hint = (low + high) // 2
     name = title(choices)
-    head = (f"{EXAMPLE}{name}\n"
-            f"A {choices.theme} story about {choices.character} {choices.setting} who {choices.twist}. "
-            f"(about {words_hint} words)\n\n")
+    head = (f"{EXAMPLE}Title: {name}\n"
+            f"Summary: A {choices.theme} story about {choices.character} {choices.setting} who {choices.twist}. "
+            f"About {words_hint} words.\nStory: ")
     if story_so_far:
         return StoryPrompt(name, f"{head}{story_so_far}\n\n{CONTINUE_OPENING}", None, CONTINUE_OPENING,
                            max_tokens, BASE_STOPS)

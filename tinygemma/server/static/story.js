@@ -36,14 +36,14 @@ const DEFAULTS = {character: "a curious cat", setting: "in a magical forest", tw
                   theme: "friendship", length: "short"};
 const HISTORY_KEY = "tinygemma.stories";
 const HISTORY_SIZE = 10;
-const SENTENCE = /[^.!?]+(?:[.!?]+["'”’)]*|$)/g;
+const SENTENCE = /[^.!?]*(?:[.!?]+["'”’)]*|$)/g;    // every character lands in some sentence
 
 const $ = (id) => document.getElementById(id);
 const form = $("choices");
 const storyEl = $("story");
 const statusEl = $("status");
 const titleEl = $("story-title");
-const canSpeak = "speechSynthesis" in window && "SpeechSynthesisUtterance" in window;
+const canSpeak = Boolean(window.speechSynthesis) && typeof window.SpeechSynthesisUtterance === "function";
 
 let current = null;        // {title, choices, seed, text, base}: the story on the page
 let controller = null;     // AbortController of the request in flight
@@ -138,7 +138,7 @@ function surprise() {
 // ---- the story on the page -----------------------------------------------------------------------------
 
 function sentencesOf(text) {
-  return text.split(/\n{2,}/).map((para) => para.match(SENTENCE) || []);
+  return text.split(/\n{2,}/).map((para) => (para.match(SENTENCE) || []).filter(Boolean));
 }
 
 function render(streaming) {
@@ -181,8 +181,9 @@ async function generate({choices, seed, base}) {
   stopSpeaking();
   if (base) spoken = sentencesOf(base).flat().length;     // Continue reads on from where the story was
   const started = performance.now();
-  current = {title: current && base ? current.title : "", choices, seed, text: base || "", base: base || ""};
-  const separator = base ? "\n\n" : "";
+  base = base || "";
+  current = {title: current && base ? current.title : "", choices, seed, text: base, base};
+  const prefix = base ? `${base}\n\n` : "";
   let part = "";
   let events = 0;
   let firstAt = null;
@@ -194,7 +195,7 @@ async function generate({choices, seed, base}) {
     const response = await fetch("v1/story", {
       method: "POST",
       headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({...choices, seed, story: base || ""}),
+      body: JSON.stringify({...choices, seed, story: base}),
       signal: controller.signal,
     });
     if (!response.ok) throw new Error(await errorMessage(response));
@@ -216,7 +217,7 @@ async function generate({choices, seed, base}) {
         const rate = seconds > 0 ? (events - 1) / seconds : 0;
         setStatus(`Writing… ${rate.toFixed(1)} tokens/s`);
       }
-      current.text = base + separator + part;
+      current.text = prefix + part;
       render(data.story === undefined);
     }
     saveToHistory(current);
@@ -290,7 +291,7 @@ function speakNew(streaming) {
     const index = spoken;
     const utterance = new SpeechSynthesisUtterance(spans[index].textContent);
     utterance.onstart = () => highlight(index);
-    utterance.onend = () => { if (!speechSynthesis.pending && !speechSynthesis.speaking) highlight(-1); };
+    utterance.onend = () => { if (index === spoken - 1 && controller === null) highlight(-1); };
     speechSynthesis.speak(utterance);
   }
   highlight(currentlySpoken);
