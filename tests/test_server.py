@@ -1,7 +1,12 @@
 """The HTTP server through the official openai client and raw HTTP, against real uvicorn servers on loopback:
 tiny random models for behaviour and limits, the embedded default model for batch-equals-single."""
 
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +19,7 @@ from hypothesis import strategies as st
 
 from tinygemma import fast
 from tinygemma.engine import Engine, EngineConfig
+from tinygemma.export.gguf import save_gguf
 from tinygemma.server import create_app
 
 from serving import serve
@@ -268,12 +274,47 @@ FIELDS = ["model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "pres
        base=st.sampled_from([{"prompt": "the cat", "max_tokens": 2},
                              {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}]))
 def test_random_requests_never_cause_a_server_error(url, path, body, base):
-    r = httpx.post(f"{url}{path}", json={**base, **body}, timeout=60)
+    # json.dumps writes infinities as Infinity, as a careless client would: the server must refuse them.
+    r = httpx.post(f"{url}{path}", content=json.dumps({**base, **body}), timeout=60,
+                   headers={"content-type": "application/json"})
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         assert r.json()["error"]["message"]
     elif "text/event-stream" not in r.headers["content-type"]:
         assert r.json()["usage"]["completion_tokens"] >= 0
+
+
+def test_serve_command(tmp_path):
+    """`tinygemma serve` as a real process: binds loopback, answers, stops on SIGINT."""
+    cfg = tiny_config()
+    save_gguf(tmp_path / "tiny.gguf", cfg, random_tensors(cfg, 0), tiny_tokenizer())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "tinygemma", "serve", "--model", str(tmp_path / "tiny.gguf"),
+                             "--dtype", "float32", "--port", str(port), "--max-batch", "4", "--ctx", "128"],
+                            env=env, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health").status_code == 200:
+                    break
+            except httpx.ConnectError:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+                time.sleep(0.2)
+        r = client(base).completions.create(model="tiny", prompt="once", max_tokens=3)
+        assert r.usage.completion_tokens <= 3 and client(base).models.list().data[0].id == "tiny"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err and f"127.0.0.1:{port}" in err
+    bad = subprocess.run([sys.executable, "-m", "tinygemma", "serve", "--model", str(tmp_path / "tiny.gguf"),
+                          "--max-batch", "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        "tinygemma: error: engine: max_batch must be >= 1, got 0"]
 
 
 # ------------------------------------------------------------------------- the embedded default model

@@ -2,12 +2,18 @@
 with a tiny random model (SSE shape, validation, Continue reusing the earlier story's cache)."""
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 
 import httpx
 import pytest
 
 from tinygemma import fast
 from tinygemma.engine import Engine, EngineConfig
+from tinygemma.export.gguf import save_gguf
 from tinygemma.server import STATIC_DIR, create_app
 from tinygemma.story import (BASE_STOPS, CONTINUE_OPENING, LENGTHS, OPENING, StoryChoices, finish_story,
                              story_prompt, title)
@@ -134,3 +140,25 @@ def test_page_and_its_files_are_served_at_the_root(story_url):
         r = httpx.get(f"{story_url}/{name}")
         assert r.status_code == 200 and kind in r.headers["content-type"]
     assert httpx.get(f"{story_url}/v1/models").json()["data"][0]["id"] == "tiny"     # the API is not shadowed
+
+
+def test_story_command_prints_the_page_address_once_it_answers(tmp_path):
+    cfg = tiny_config()
+    save_gguf(tmp_path / "tiny.gguf", cfg, random_tensors(cfg, 0), tiny_tokenizer())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "tinygemma", "story", "--model", str(tmp_path / "tiny.gguf"),
+                             "--dtype", "float32", "--port", str(port), "--ctx", "2048"],
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:                      # ends with the process, so a failed start cannot hang
+            lines.append(line)
+            if "story page is ready" in line:
+                break
+        assert lines[-1].strip() == f"tinygemma: the story page is ready: http://127.0.0.1:{port}/", lines
+        assert "Story generator" in httpx.get(f"http://127.0.0.1:{port}/").text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)

@@ -6,6 +6,7 @@
 """
 
 from .config import Gemma3Config
+from .engine import Engine, EngineConfig, GenerationRequest
 from .errors import ContextLengthError, TinyGemmaError, WeightsError
 from .generate import GenerationChunk
 from .lm import LM, load
@@ -15,6 +16,6 @@ from .tokenizer import StreamDecoder, Tokenizer
 __version__ = "0.1.0"
 
 __all__ = [
-    "load", "LM", "Tokenizer", "StreamDecoder", "Gemma3Config", "SamplingParams", "GenerationChunk",
+    "load", "LM", "Engine", "EngineConfig", "GenerationRequest", "Tokenizer", "StreamDecoder", "Gemma3Config", "SamplingParams", "GenerationChunk",
     "TinyGemmaError", "WeightsError", "ContextLengthError", "__version__",
 ]

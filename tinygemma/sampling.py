@@ -7,7 +7,7 @@ Temperature 0 means greedy (argmax after penalties).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -102,5 +102,10 @@ def sample(logits: torch.Tensor, p: SamplingParams, history: torch.Tensor | None
         logits = apply_penalties(logits, history, p)
     if p.greedy:
         return int(logits.argmax())
+    if p.top_k and p.top_k < logits.shape[-1]:
+        # Only the k best can survive: filter and draw among them (a vocabulary-wide sort costs ~10 ms).
+        values, ids = torch.topk(logits, p.top_k)
+        probs = filter_logits(values, replace(p, top_k=0)).softmax(-1)
+        return int(ids[torch.multinomial(probs, 1, generator=generator)])
     probs = filter_logits(logits, p).softmax(-1)
     return int(torch.multinomial(probs, 1, generator=generator))

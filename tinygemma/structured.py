@@ -130,8 +130,3 @@ class Constraint:
         """Follow a sampled token (raises ConstraintError if the grammar did not allow it)."""
         if not self.matcher.consume_token(token):
             raise ConstraintError(f"constraint: {_one_line(self.matcher.get_error())}")
-
-    @property
-    def complete(self) -> bool:
-        """True once the output so far is a whole match (end of sequence is allowed)."""
-        return self.matcher.is_accepting()

@@ -37,15 +37,15 @@ def main(args) -> int:
 
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue, context=args.ctx,
+                          idle_cache_bytes=max(args.cache_mb, 0) << 20)     # checked before the slow load
     lm = load_model(args)
-    config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue,
-                          context=min(args.ctx, lm.config.max_position_embeddings),
-                          idle_cache_bytes=max(args.cache_mb, 0) << 20)
+    engine = Engine.from_lm(lm, config)
     name = args.model_name or (lm.weights.source.stem if lm.weights is not None else "tinygemma")
-    app = create_app(Engine.from_lm(lm, config), name, api_key=args.api_key, static_dir=STATIC_DIR,
+    app = create_app(engine, name, api_key=args.api_key, static_dir=STATIC_DIR,
                      instruction_tuned=lm.is_instruction_tuned)
     print(f"tinygemma: serving {name} on http://{args.host}:{args.port}/v1 "
-          f"(batch {config.max_batch}, queue {config.max_queue}, context {config.context}); "
+          f"(batch {config.max_batch}, queue {config.max_queue}, context {engine.context}); "
           f"story page at http://{args.host}:{args.port}/", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
