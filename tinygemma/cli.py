@@ -16,6 +16,7 @@ COMMANDS = {
     "bench": "speed: tinygemma vs llama.cpp side by side",
     "eval": "evaluate: IFEval, perplexity of a text file, classification metrics of a predictions file",
     "serve": "OpenAI-compatible HTTP server: many conversations at once, structured output",
+    "story": "the story generator web page: starts the server and prints (or opens) its address",
 }
 
 

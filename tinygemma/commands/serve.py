@@ -33,7 +33,7 @@ def main(args) -> int:
     import uvicorn
 
     from ..engine import Engine, EngineConfig
-    from ..server import create_app
+    from ..server import STATIC_DIR, create_app
 
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
@@ -42,8 +42,10 @@ def main(args) -> int:
     lm = load_model(args)
     engine = Engine.from_lm(lm, config)
     name = args.model_name or (lm.weights.source.stem if lm.weights is not None else "tinygemma")
-    app = create_app(engine, name, api_key=args.api_key)
+    app = create_app(engine, name, api_key=args.api_key, static_dir=STATIC_DIR,
+                     instruction_tuned=lm.is_instruction_tuned)
     print(f"tinygemma: serving {name} on http://{args.host}:{args.port}/v1 "
-          f"(batch {config.max_batch}, queue {config.max_queue}, context {engine.context})", file=sys.stderr)
+          f"(batch {config.max_batch}, queue {config.max_queue}, context {engine.context}); "
+          f"story page at http://{args.host}:{args.port}/", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

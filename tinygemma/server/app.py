@@ -22,18 +22,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..engine import Engine, Event, GenerationRequest, QueueFullError
+from ..engine import Engine, Event, GenerationRequest, QueueFullError, RequestHandle
 from ..errors import ContextLengthError
 from ..sampling import SamplingParams
+from ..story import StoryChoices, StoryPrompt, finish_story, story_prompt
 from ..structured import ConstraintError, grammar_for
 from .metrics import render_metrics
-from .protocol import MAX_TOKENS_DEFAULT, ChatCompletionRequest, CompletionRequest, SamplingFields
+from .protocol import MAX_TOKENS_DEFAULT, ChatCompletionRequest, CompletionRequest, SamplingFields, StoryRequest
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 8 << 20            # a larger request body is refused (413)
 MAX_PROMPT_CHARS_PER_TOKEN = 32     # text beyond context * this cannot fit: refused before tokenizing
 RETRY_AFTER = "1"                   # seconds, on 503
+# Story sampling: Gemma's top-k/top-p; a light repetition penalty keeps the small base model from looping.
+STORY_TOP_K = 64
+STORY_TOP_P = 0.95
+STORY_REPETITION_PENALTY = 1.05
 
 
 class APIError(Exception):
@@ -84,8 +89,12 @@ class Guard:
 
 
 def create_app(engine: Engine, model_name: str, api_key: str | None = None,
-               static_dir: str | Path | None = None) -> FastAPI:
-    """The ASGI app. It starts the engine on startup and closes it on shutdown."""
+               static_dir: str | Path | None = None, instruction_tuned: bool = False) -> FastAPI:
+    """The ASGI app. It starts the engine on startup and closes it on shutdown.
+
+    static_dir: a folder served at `/` (the story page). instruction_tuned: /v1/story prompts through the
+    chat template rather than a story-book page to continue.
+    """
 
     @asynccontextmanager
     async def lifespan(app):
@@ -215,15 +224,26 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
             raise APIError(400, str(e), param="response_format") from None
 
     async def respond(request: Request, body: SamplingFields, ids: list[int], chat: bool):
+        handle, events = await submit(generation_request(body, ids), chat)
+        meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
+                "model": model_name}
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(stream(handle, events, meta, chat, include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await collect(request, handle, events, meta, chat)
+
+    async def submit(generation: GenerationRequest, chat: bool) -> tuple[RequestHandle, asyncio.Queue[Event]]:
+        """Hand a request to the engine; its events arrive on the returned queue. Refusals become APIErrors."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[Event] = asyncio.Queue()
 
-        def submit():
-            return engine.submit(generation_request(body, ids),
-                                 on_event=lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
+        def submit_now():
+            return engine.submit(generation, on_event=lambda e: loop.call_soon_threadsafe(events.put_nowait, e))
 
         try:
-            handle = await anyio.to_thread.run_sync(submit)
+            handle = await anyio.to_thread.run_sync(submit_now)
         except ContextLengthError as e:
             raise APIError(400, str(e), code="context_length_exceeded", param="messages" if chat else "prompt")
         except QueueFullError as e:
@@ -234,14 +254,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
             raise APIError(503, str(e), "server_error", headers={"Retry-After": RETRY_AFTER})
         except ValueError as e:
             raise APIError(400, str(e))
-        meta = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}", "created": int(time.time()),
-                "model": model_name}
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return StreamingResponse(stream(handle, events, meta, chat, include_usage),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await collect(request, handle, events, meta, chat)
+        return handle, events
 
     async def collect(request, handle, events, meta, chat) -> JSONResponse:
         parts = []
@@ -302,7 +315,53 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
             if not finished:
                 handle.cancel()
 
+    @app.post("/v1/story")
+    async def story(body: StoryRequest):
+        choices = StoryChoices(body.character, body.setting, body.twist, body.theme, body.length)
+        prompt = story_prompt(choices, instruction_tuned, body.story)
+
+        def encode():
+            if prompt.messages is not None:
+                return tokenizer.encode_chat(prompt.messages)
+            return tokenizer.encode(prompt.text, add_bos=True)
+
+        ids = await anyio.to_thread.run_sync(encode)
+        params = SamplingParams(temperature=body.temperature, top_k=STORY_TOP_K, top_p=STORY_TOP_P,
+                                repetition_penalty=STORY_REPETITION_PENALTY, seed=body.seed)
+        handle, events = await submit(GenerationRequest(ids, params, prompt.max_tokens, prompt.stop), chat=False)
+        return StreamingResponse(story_stream(handle, events, prompt), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
     return _with_static(app, static_dir)
+
+
+async def story_stream(handle: RequestHandle, events: asyncio.Queue[Event], prompt: StoryPrompt):
+    """SSE for /v1/story: {"title", "text": opening}, {"text"} pieces, then {"finish_reason", "story", "usage"}.
+
+    "story" is the whole text finished by story.finish_story (cut to its last full sentence): the page shows
+    it in place of the pieces.
+    """
+    parts = [prompt.opening]
+    finished = False
+    try:
+        yield sse({"title": prompt.title, "text": prompt.opening})
+        while True:
+            event = await events.get()
+            if event.finish_reason is not None:
+                finished = True
+                break
+            parts.append(event.text)
+            yield sse({"text": event.text})
+        if event.finish_reason in ("error", "cancelled"):
+            yield sse({"error": failure_body(event)})
+            return
+        parts.append(event.text)
+        yield sse({"text": event.text, "finish_reason": event.finish_reason,
+                   "story": finish_story("".join(parts)), "usage": usage(event)})
+        yield "data: [DONE]\n\n"
+    finally:
+        if not finished:
+            handle.cancel()
 
 
 def _with_static(app: FastAPI, static_dir: str | Path | None) -> FastAPI:

@@ -106,3 +106,21 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     suffix: str | None = None
     best_of: int | None = Field(None, ge=1, le=1)
+
+
+MAX_CHOICE_CHARS = 120            # one story choice (a character, a setting, a twist, a theme)
+MAX_STORY_CHARS = 16_000          # the story so far, sent back by Continue
+StoryChoice = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_CHOICE_CHARS)]
+
+
+class StoryRequest(_Model):
+    """POST /v1/story: the story page's five choices; `story` (the text so far) asks for more of it."""
+
+    character: StoryChoice
+    setting: StoryChoice
+    twist: StoryChoice
+    theme: StoryChoice
+    length: Literal["short", "medium", "long"] = "short"
+    story: str = Field("", max_length=MAX_STORY_CHARS)
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
