@@ -110,9 +110,8 @@ def test_story_endpoint_streams_title_pieces_and_the_finished_story(story_url):
     raw = "".join(e["text"] for e in events)
     assert last["story"] == finish_story(raw)
     assert 0 < last["usage"]["completion_tokens"] <= story_prompt(CAT, False).max_tokens
-    again = story_events(story_url, seed=3, length="short")            # a seed gives the same story
-    assert again[:-1] == events[:-1] and again[-1]["story"] == last["story"]
-    assert again[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] > 0     # (from the first one's cache)
+    again = story_events(story_url, seed=3, length="short")            # the same prompt: from the first's cache
+    assert again[-1]["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
 
 
 def test_continue_reuses_the_cache_of_the_story_so_far(story_url):
