@@ -12,6 +12,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from fastapi.testclient import TestClient
 
@@ -54,13 +55,24 @@ def write_story(client: TestClient, choices: dict, seed: int) -> dict:
     raise RuntimeError("the stream ended without a story")
 
 
+def page_link(choices: dict, seed: int) -> str:
+    return "/?" + urlencode({**choices, "seed": seed}, quote_via=quote)
+
+
 def markdown(results: list[dict]) -> str:
     lines = ["# Sample stories of the default model",
              "",
              "Gemma 3 270M base (the embedded Q4_K_M weights, fast path) through `POST /v1/story`, the page's own",
              "path: the story-book prompt of `tinygemma/story.py`, temperature 0.8, top-k 64, top-p 0.95,",
              "repetition penalty 1.05. Made by `python bench/stories.py` (the five requests at once on one",
-             "engine); the same choices and seed give the same story on the page.",
+             "engine). The same choices and seed give the same story on a freshly started server: open the link",
+             "under a story on `tinygemma story`'s address and press *Make my story*. (Once the server has cached",
+             "that prompt, the last prompt token is recomputed by the decode kernels, whose rounding can tip a",
+             "sampled token.)",
+             "",
+             "What to expect of a 270M base model: simple stories that keep to the character and setting and",
+             "end cleanly, but wander, take up the twist only now and then, and often end before a medium or",
+             "long story's word count (the page's Continue writes more).",
              ""]
     for n, r in enumerate(results, 1):
         c = r["choices"]
@@ -69,6 +81,7 @@ def markdown(results: list[dict]) -> str:
                   "",
                   f"Character *{c['character']}*, setting *{c['setting']}*, twist *{c['twist']}*, "
                   f"theme *{c['theme']}*, length *{c['length']}* ({low}-{high} words); seed {r['seed']}.",
+                  f"Link: `{page_link(c, r['seed'])}`.",
                   f"{len(r['story'].split())} words, {r['tokens']} tokens, ended by "
                   f"{'the end marker' if r['finish_reason'] == 'stop' else 'the token budget'}.",
                   ""]

@@ -176,7 +176,7 @@ def test_url_sets_up_the_choices(page, url):
 
 
 def test_keyboard_alone_picks_and_generates(page, url):
-    page.goto(url)
+    page.goto(f"{url}/?seed=5")                                          # a shared link may carry the seed
     page.keyboard.press("Tab")                                           # into the character cards
     assert page.evaluate("document.activeElement.name") == "character"
     page.keyboard.press("ArrowRight")
@@ -189,6 +189,7 @@ def test_keyboard_alone_picks_and_generates(page, url):
     page.keyboard.press("Enter")
     page.wait_for_selector(DONE, timeout=WAIT_MS)
     assert story_text(page).startswith("Once upon a time,")
+    assert page.locator("#status").inner_text().endswith("seed 5") and "seed" not in query(page)
 
 
 def test_read_aloud_highlights_the_sentence_being_spoken(browser, url):

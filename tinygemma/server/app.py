@@ -2,7 +2,8 @@
 
 Handlers only validate, tokenize, submit to the Engine and read their own request's events; the engine's
 thread owns the model. A client that disconnects cancels its request at once (its slot frees on the next
-engine step). The route `/` is left free: `create_app(..., static_dir=...)` mounts a folder there.
+engine step). The route `/` is left free: `create_app(..., static_dir=...)` mounts a folder there (the story
+page, which writes through `POST /v1/story`: tinygemma/story.py builds its prompt).
 """
 
 from __future__ import annotations

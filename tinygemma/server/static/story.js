@@ -50,6 +50,7 @@ let controller = null;     // AbortController of the request in flight
 let reading = false;       // read-aloud toggle
 let spoken = 0;            // sentences already queued for speech
 let currentlySpoken = -1;  // the highlighted sentence
+let pendingSeed = null;    // a seed from the address (?seed=N): the next story uses it, so a link can share one
 
 // ---- choices -------------------------------------------------------------------------------------------
 
@@ -110,6 +111,7 @@ function setChoices(choices) {
 
 function reflectInUrl() {
   const query = new URLSearchParams(getChoices());
+  if (pendingSeed !== null) query.set("seed", String(pendingSeed));
   history.replaceState(null, "", `${location.pathname}?${query}`);
 }
 
@@ -121,6 +123,11 @@ function choicesFromUrl() {
     if (value) choices[name] = value;
   }
   return choices;
+}
+
+function seedFromUrl() {
+  const seed = Number.parseInt(new URLSearchParams(location.search).get("seed"), 10);
+  return Number.isSafeInteger(seed) && seed >= 0 ? seed : null;
 }
 
 function surprise() {
@@ -203,7 +210,6 @@ async function generate({choices, seed, base}) {
       if (data.error) throw new Error(data.error.message);
       if (data.story !== undefined) {            // the end: the whole part, cut to its last full sentence
         part = data.story;
-        finishStats(data.usage, started, firstAt);
       } else if (data.title !== undefined) {     // the start: the title and the words the prompt wrote
         if (!base) { current.title = data.title; titleEl.textContent = data.title; }
         part = data.text;
@@ -219,6 +225,7 @@ async function generate({choices, seed, base}) {
       }
       current.text = prefix + part;
       render(data.story === undefined);
+      if (data.story !== undefined) finishStats(data.usage, started, firstAt);
     }
     saveToHistory(current);
   } catch (error) {
@@ -240,7 +247,7 @@ function finishStats(usage, started, firstAt) {
   const rate = firstAt !== null && now > firstAt ? (usage.completion_tokens - 1) / ((now - firstAt) / 1000) : 0;
   statusEl.dataset.ttft = ttft.toFixed(3);
   statusEl.dataset.tokensPerSecond = rate.toFixed(2);
-  setStatus(`Done: ${countWords(current.base)}${current.base ? " + " : ""}${usage.completion_tokens} tokens, `
+  setStatus(`Done: ${countWords(current.text)} words (${usage.completion_tokens} new tokens), `
     + `first words after ${ttft.toFixed(2)} s, ${rate.toFixed(1)} tokens/s · seed ${current.seed}`);
 }
 
@@ -415,6 +422,7 @@ function reset() {
 
 function init() {
   buildCards();
+  pendingSeed = seedFromUrl();
   setChoices({...DEFAULTS, ...choicesFromUrl()});
   form.addEventListener("change", reflectInUrl);
   form.addEventListener("input", (event) => {
@@ -428,7 +436,10 @@ function init() {
   });
   form.addEventListener("submit", (event) => {
     event.preventDefault();
-    generate({choices: getChoices(), seed: newSeed()});
+    const seed = pendingSeed ?? newSeed();
+    pendingSeed = null;
+    reflectInUrl();
+    generate({choices: getChoices(), seed});
   });
   $("surprise").addEventListener("click", surprise);
   $("stop").addEventListener("click", () => controller && controller.abort());
