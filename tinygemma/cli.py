@@ -15,6 +15,9 @@ COMMANDS = {
     "info": "describe a model file: architecture, tensor types, parameter counts",
     "bench": "speed: tinygemma vs llama.cpp side by side",
     "eval": "evaluate: IFEval, perplexity of a text file, classification metrics of a predictions file",
+    "finetune": "fine-tune (LoRA or full) on a .jsonl/.csv file: language modelling or classification",
+    "classify": "predict the labels of a .csv/.jsonl file with a fine-tuned classifier",
+    "export": "write a model (with a LoRA adapter merged) as GGUF or a Hugging Face directory",
 }
 
 

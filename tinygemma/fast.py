@@ -146,9 +146,12 @@ def config_rows(config: Gemma3Config, part: str) -> int:
 # ---------------------------------------------------------------------------------------------- cache
 
 
-def cache_key(source: Path, native: bool) -> str:
-    """Identifies a weight source by path, size and modification time of its files, and the layout."""
+def cache_key(source: Path, native: bool, adapter: Path | None = None) -> str:
+    """Identifies a weight source (and the LoRA adapter merged into it) by path, size and modification time
+    of their files, and the layout."""
     files = sorted(source.glob("*")) if source.is_dir() else [source]
+    if adapter is not None:
+        files.append(adapter)
     layout = "native" if native else "torch"
     h = hashlib.sha256(f"v{FORMAT_VERSION} g{GROUP_SIZE} {layout} {torch.__version__}".encode())
     for f in files:
