@@ -235,10 +235,11 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
+    trainer = Trainer(cfg)
     try:
-        Trainer(cfg).run()
+        trainer.run()
     finally:
-        torch.distributed.destroy_process_group()
+        trainer.dist.close()
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])

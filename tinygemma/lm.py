@@ -68,7 +68,7 @@ def _load_fast(source: Path, lora=None) -> "LM":
     from .weights.default import cache_dir
 
     kernels = q8()
-    key = fast.cache_key(source, kernels is not None, lora.path if lora is not None else None)
+    key = fast.cache_key(source, kernels is not None, lora.files if lora is not None else ())
     cache_file = cache_dir() / "fast" / f"{key}.weights"
     buffers = None
     if cache_file.is_file():

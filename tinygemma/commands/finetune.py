@@ -86,7 +86,10 @@ def main(args) -> int:
         print(f"tinygemma: {len(trainer.train)} training / {len(trainer.held_out)} held-out examples, "
               f"{trainer.total_steps} steps of {trainer.global_batch} examples on {trainer.dist.world} process(es), "
               f"{sum(p.numel() for p in trainer.params):,} trainable parameters")
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    finally:
+        trainer.dist.close()
     if trainer.dist.main:
         print(json.dumps(summary))
         print(f"outputs in {cfg.out}/")

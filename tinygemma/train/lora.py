@@ -147,6 +147,11 @@ class Adapter:
     head: torch.Tensor | None
     path: Path
 
+    @property
+    def files(self) -> tuple[Path, Path]:
+        """The tensors file and the config file (both decide what a merge gives)."""
+        return self.path, self.path.parent / CONFIG_FILE
+
 
 def adapter_file(path: str | os.PathLike) -> Path:
     """The adapter's .safetensors file, given it or its directory."""

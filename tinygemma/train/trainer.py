@@ -108,6 +108,7 @@ class RunState:
     step: int = 0
     history: list[dict] = field(default_factory=list)      # {"step", "loss", "lr", ...} and eval rows
     train_seconds: float = 0.0
+    cpu_seconds: float = 0.0           # CPU time of this process (all threads): comparable on a shared machine
     tokens: int = 0
 
 
@@ -146,6 +147,10 @@ class Distributed:
         if self.world > 1:
             dist.barrier()
 
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
 
 @contextlib.contextmanager
 def deferred_interrupt():
@@ -177,12 +182,14 @@ class Trainer:
         self.dist = Distributed()
         self.out = Path(cfg.out)
         torch.manual_seed(cfg.seed)
+        rows = D.read_rows(cfg.data)            # before the model loads: a bad file fails at once
+        eval_rows = D.read_rows(cfg.eval_data) if cfg.eval_data else None
         if lm is None:
             from ..lm import load
             lm = load(cfg.model, dtype="float32")
         self.lm = lm
         self.tokenizer = lm.tokenizer
-        self._build_data()
+        self._build_data(rows, eval_rows)
         self._build_model()
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.method]
@@ -197,25 +204,24 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ setup
 
-    def _build_data(self) -> None:
+    def _build_data(self, rows: list[dict], eval_rows: list[dict] | None) -> None:
         cfg, tok = self.cfg, self.tokenizer
-        rows = D.read_rows(cfg.data)
-        if cfg.eval_data:
-            train_rows, eval_rows = rows, D.read_rows(cfg.eval_data)[:cfg.eval_max]
+        if eval_rows is not None:
+            train_rows, eval_rows = rows, eval_rows[:cfg.eval_max]
         else:
             train_rows, eval_rows = D.split_rows(cfg.data, rows, cfg.eval_fraction, cfg.eval_max, cfg.seed)
         eval_source = cfg.eval_data or cfg.data
-        self.labels: list[str] = []
-        if cfg.task == "lm":
-            make = lambda path, rs: D.lm_examples(path, rs, tok, cfg.max_length)      # noqa: E731
-        elif cfg.task == "classify-head":
-            self.labels = D.label_set(cfg.data, train_rows, cfg.label_column)
-            make = lambda path, rs: D.head_examples(path, rs, tok, self.labels, cfg.text_column,  # noqa: E731
-                                                    cfg.label_column, cfg.max_length)
-        else:
-            self.labels = D.label_set(cfg.data, train_rows, cfg.label_column)
-            make = lambda path, rs: D.generative_examples(path, rs, tok, cfg.text_column,  # noqa: E731
-                                                          cfg.label_column, cfg.max_length)
+        # Labels from every row of the training file, so a rare label that lands in the held-out split counts.
+        self.labels: list[str] = [] if cfg.task == "lm" else D.label_set(cfg.data, rows, cfg.label_column)
+
+        def make(path, some_rows: list[dict]) -> list[D.Example]:
+            if cfg.task == "lm":
+                return D.lm_examples(path, some_rows, tok, cfg.max_length)
+            columns = (cfg.text_column, cfg.label_column, cfg.max_length)
+            if cfg.task == "classify-head":
+                return D.head_examples(path, some_rows, tok, self.labels, *columns)
+            return D.generative_examples(path, some_rows, tok, *columns)
+
         self.train = make(cfg.data, train_rows)
         self.held_out = make(eval_source, eval_rows) if eval_rows else []
 
@@ -386,6 +392,7 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=self.state.step, desc="finetune", unit="step", file=sys.stderr,
                    disable=not (cfg.progress and self.dist.main), dynamic_ncols=True)
         started = time.perf_counter() - self.state.train_seconds
+        cpu_started = time.process_time() - self.state.cpu_seconds
         try:
             while self.state.step < self.total_steps:
                 step = self.state.step
@@ -393,15 +400,18 @@ class Trainer:
                 tokens = int(self.dist.sum([tokens])[0])
                 self.state.tokens += tokens
                 self.state.train_seconds = time.perf_counter() - started
+                self.state.cpu_seconds = time.process_time() - cpu_started
                 self.state.history.append({"step": step + 1, "loss": loss, "lr": self.lr_at(step),
                                            "tokens": self.state.tokens,
-                                           "seconds": round(self.state.train_seconds, 3)})
+                                           "seconds": round(self.state.train_seconds, 3),
+                                           "cpu_seconds": round(self.state.cpu_seconds, 3)})
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{self.state.tokens / self.state.train_seconds:.0f}")
                 done = self.state.step == self.total_steps
                 if self.held_out and ((cfg.eval_every and self.state.step % cfg.eval_every == 0) or done):
                     row = self.evaluate()
                     row["seconds"] = round(time.perf_counter() - started, 3)
+                    row["cpu_seconds"] = round(time.process_time() - cpu_started, 3)
                     self.state.history.append(row)
                     if cfg.progress and self.dist.main:
                         bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()),
@@ -424,7 +434,8 @@ class Trainer:
     def summary(self) -> dict:
         seconds = self.state.train_seconds
         evals = [r for r in self.state.history if "eval_loss" in r]
-        out = {"steps": self.state.step, "train_seconds": round(seconds, 1), "tokens": self.state.tokens,
+        out = {"steps": self.state.step, "train_seconds": round(seconds, 1),
+               "cpu_seconds": round(self.state.cpu_seconds, 1), "tokens": self.state.tokens,
                "tokens_per_second": round(self.state.tokens / seconds, 1) if seconds else 0.0,
                "peak_rss_mb": round(peak_rss_mb(), 1), "world_size": self.dist.world,
                "trainable_parameters": sum(p.numel() for p in self.params),
