@@ -155,8 +155,9 @@ class Distributed:
 @contextlib.contextmanager
 def deferred_interrupt():
     """Hold Ctrl-C until the block ends, so an optimizer update is never left half done."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield         # Ctrl-C is ignored (a background job) or handled by someone else: leave it so
         return
     pending = []
     previous = signal.signal(signal.SIGINT, lambda *a: pending.append(a))
