@@ -17,6 +17,9 @@ COMMANDS = {
     "eval": "evaluate: IFEval, perplexity of a text file, classification metrics of a predictions file",
     "serve": "OpenAI-compatible HTTP server: many conversations at once, structured output",
     "story": "the story generator web page: starts the server and prints (or opens) its address",
+    "finetune": "fine-tune (LoRA or full) on a .jsonl/.csv file: language modelling or classification",
+    "classify": "predict the labels of a .csv/.jsonl file with a fine-tuned classifier",
+    "export": "write a model (with a LoRA adapter merged) as GGUF or a Hugging Face directory",
 }
 
 

@@ -145,9 +145,10 @@ def config_rows(config: Gemma3Config, part: str) -> int:
 # ---------------------------------------------------------------------------------------------- cache
 
 
-def cache_key(source: Path, native: bool) -> str:
-    """Identifies a weight source by path, size and modification time of its files, and the layout."""
-    files = sorted(source.glob("*")) if source.is_dir() else [source]
+def cache_key(source: Path, native: bool, merged: tuple[Path, ...] = ()) -> str:
+    """Identifies a weight source (and the files of a LoRA adapter merged into it) by path, size and
+    modification time of their files, and the layout."""
+    files = (sorted(source.glob("*")) if source.is_dir() else [source]) + list(merged)
     layout = "native" if native else "torch"
     h = hashlib.sha256(f"v{FORMAT_VERSION} g{GROUP_SIZE} {layout} b{BLOCK} {torch.__version__}".encode())
     for f in files:

@@ -23,10 +23,13 @@ FAST = "fast"          # the fast CPU path: int8 layers and output projection (s
 DEFAULT_DTYPE = FAST   # what dtype=None means
 
 
-def load(path: str | os.PathLike | None = None, dtype: str | None = None) -> "LM":
+def load(path: str | os.PathLike | None = None, dtype: str | None = None,
+         adapter: str | os.PathLike | None = None) -> "LM":
     """Load a GGUF file or Hugging Face directory (None: the embedded default Gemma 3 270M).
 
     dtype: None (recommended: the fast path, also named "fast"), "float32" (the exact path) or "bfloat16".
+    adapter: a LoRA adapter directory (or its .safetensors file) from `tinygemma finetune`, merged into the
+    float32 weights before any conversion; `LM.adapter` then holds it (labels, classification head).
     """
     from .weights import load_weights
     from .weights.default import default_model_path
@@ -36,13 +39,28 @@ def load(path: str | os.PathLike | None = None, dtype: str | None = None) -> "LM
         raise ValueError(f"dtype must be one of {FAST}, {', '.join(DTYPES)} (float16 overflows in Gemma 3), "
                          f"got {dtype!r}")
     source = default_model_path() if path is None else Path(path)
+    lora = None
+    if adapter is not None:
+        from .train.lora import read_adapter
+        lora = read_adapter(adapter)
     if name == FAST:
-        return _load_fast(source)
-    weights = load_weights(source)
-    return LM.from_tensors(weights.config, weights.tensors, weights.tokenizer, DTYPES[name], weights)
+        lm = _load_fast(source, lora)
+    else:
+        weights = load_weights(source)
+        lm = LM.from_tensors(weights.config, _merged(weights, lora), weights.tokenizer, DTYPES[name], weights)
+    lm.adapter = lora
+    return lm
 
 
-def _load_fast(source: Path) -> "LM":
+def _merged(weights, lora) -> dict[str, torch.Tensor]:
+    """The weights' tensors with the adapter's LoRA updates merged (float32), or as they are."""
+    if lora is None:
+        return weights.tensors
+    from .train.lora import merge_adapter
+    return merge_adapter(weights.tensors, lora)
+
+
+def _load_fast(source: Path, lora=None) -> "LM":
     """The fast model, from the converted-weights cache when it is there (a memory map: no conversion)."""
     from . import fast
     from .kernels import q8
@@ -50,7 +68,8 @@ def _load_fast(source: Path) -> "LM":
     from .weights.default import cache_dir
 
     kernels = q8()
-    cache_file = cache_dir() / "fast" / f"{fast.cache_key(source, kernels is not None)}.weights"
+    key = fast.cache_key(source, kernels is not None, lora.files if lora is not None else ())
+    cache_file = cache_dir() / "fast" / f"{key}.weights"
     buffers = None
     if cache_file.is_file():
         weights = load_weights(source, tensors=False)     # config, tokenizer and the strict shape check
@@ -64,7 +83,7 @@ def _load_fast(source: Path) -> "LM":
         # One-time work of ~15 s for the default model: say so rather than look hung.
         print(f"tinygemma: converting {source.name} for the fast path (once; cached in {cache_file.parent})",
               file=sys.stderr, flush=True)
-        buffers = fast.convert(weights.config, weights.tensors, native=kernels is not None)
+        buffers = fast.convert(weights.config, _merged(weights, lora), native=kernels is not None)
         weights.tensors = {}
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +102,7 @@ class LM:
         self.tokenizer = tokenizer
         self.config: Gemma3Config = model.config
         self.weights = weights     # LoadedWeights facts (source, format, tensor types), or None
+        self.adapter = None        # the merged LoRA adapter (train.lora.Adapter), or None
 
     @classmethod
     def from_tensors(cls, config: Gemma3Config, tensors: dict[str, torch.Tensor], tokenizer,

@@ -20,6 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .cache import LayerRows, RowCaches
 from .config import SLIDING, Gemma3Config
@@ -233,6 +234,7 @@ class Gemma3Model(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False)
+        self.gradient_checkpointing = False     # training: recompute each block in the backward pass
 
     @property
     def dtype(self) -> torch.dtype:
@@ -250,6 +252,16 @@ class Gemma3Model(nn.Module):
         final position only (B, 1, V), which spares the vocabulary projection during prefill.
         logit_slice: logits only for these positions (as for perplexity, which scores half a window).
         """
+        x = self.body(ids, positions, cache)
+        if last_only:
+            x = x[:, -1:]
+        elif logit_slice is not None:
+            x = x[:, logit_slice]
+        return self.project(self.norm(x))
+
+    def body(self, ids: torch.Tensor, positions: torch.Tensor | None = None, cache: list | None = None
+             ) -> torch.Tensor:
+        """The residual stream (B, L, hidden) in float32 after the last block, before the final norm."""
         cfg = self.config
         if positions is None and isinstance(cache, RowCaches):
             raise ValueError("a RowCaches batch needs explicit positions")
@@ -265,20 +277,25 @@ class Gemma3Model(nn.Module):
             True: rope_tables(positions, cfg.head_dim, cfg.rope_local_base_freq, 1.0, torch.float32),
             False: rope_tables(positions, cfg.head_dim, cfg.rope_theta, cfg.rope_scaling_factor, torch.float32),
         }
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
-            x = layer(x, ropes, positions, cache[i] if cache is not None else None, masks)
-        if last_only:
-            x = x[:, -1:]
-        elif logit_slice is not None:
-            x = x[:, logit_slice]
-        x = self.norm(x)
+            layer_cache = cache[i] if cache is not None else None
+            if recompute:
+                # Keep only each block's input for the backward pass and recompute the block there.
+                x = checkpoint(layer, x, ropes, positions, layer_cache, masks, use_reentrant=False)
+            else:
+                x = layer(x, ropes, positions, layer_cache, masks)
+        return x
+
+    def project(self, h: torch.Tensor) -> torch.Tensor:
+        """float32 logits (..., V) of final-normed hidden states (..., hidden)."""
         if self.lm_head is not None:
-            logits = self.lm_head(x).float()
+            logits = self.lm_head(h).float()
         else:
             head = self.embed_tokens.weight
-            logits = (x.to(head.dtype) @ head.T).float()
-        if cfg.final_logit_softcapping is not None:
-            c = cfg.final_logit_softcapping
+            logits = (h.to(head.dtype) @ head.T).float()
+        if self.config.final_logit_softcapping is not None:
+            c = self.config.final_logit_softcapping
             logits = torch.tanh(logits / c) * c
         return logits
 

@@ -15,6 +15,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="PATH", help="GGUF file or Hugging Face directory (default: the embedded Gemma 3 270M)")
     p.add_argument("--dtype", choices=["fast", "float32", "bfloat16"],
                    help="fast (default: int8/int4 weights), float32 (exact) or bfloat16")
+    p.add_argument("--adapter", metavar="PATH", help="LoRA adapter directory from 'tinygemma finetune', merged at load")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -40,4 +41,4 @@ def sampling_kwargs(args) -> dict:
 def load_model(args):
     from ..lm import load
 
-    return load(args.model, dtype=args.dtype)
+    return load(args.model, dtype=args.dtype, adapter=args.adapter)

@@ -1,0 +1,48 @@
+"""tinygemma export OUT: a model with a LoRA adapter merged, as GGUF or a Hugging Face directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..export.gguf import WRITABLE_TYPES
+
+HF_TYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
+
+
+def build_parser(p):
+    p.add_argument("out", help="output .gguf file, or directory for --format hf")
+    p.add_argument("--model", metavar="PATH", help="base weights (default: the embedded Gemma 3 270M)")
+    p.add_argument("--adapter", metavar="PATH", help="LoRA adapter directory to merge (from 'tinygemma finetune')")
+    p.add_argument("--format", choices=["gguf", "hf"], default="gguf")
+    p.add_argument("--type", default="F16", type=str.upper,
+                   help=f"tensor type: GGUF {', '.join(WRITABLE_TYPES)}; hf {', '.join(HF_TYPES)} (default F16)")
+    return p
+
+
+def main(args) -> int:
+    from ..train.lora import merge_adapter, read_adapter
+    from ..weights import load_weights
+    from ..weights.default import default_model_path
+
+    allowed = WRITABLE_TYPES if args.format == "gguf" else tuple(HF_TYPES)
+    if args.type not in allowed:
+        raise ValueError(f"--type {args.type} is not writable as {args.format} (choose from {', '.join(allowed)})")
+    adapter = read_adapter(args.adapter) if args.adapter else None
+    weights = load_weights(Path(args.model) if args.model else default_model_path())
+    tensors = merge_adapter(weights.tensors, adapter) if adapter else weights.tensors
+    if args.format == "gguf":
+        from ..export.gguf import save_gguf
+
+        name = f"{weights.source.stem} + {adapter.path.parent.name}" if adapter else weights.source.stem
+        save_gguf(args.out, weights.config, tensors, weights.tokenizer, tensor_type=args.type, name=name)
+    else:
+        from ..export.safetensors import save_hf_dir
+
+        save_hf_dir(args.out, weights.config, tensors, weights.tokenizer, dtype=HF_TYPES[args.type])
+    if adapter is not None and adapter.head is not None:
+        print("note: the classification head is not exported (GGUF and the causal-LM layout have no place for it); "
+              "classify with the base model and --adapter")
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,96 @@
+"""tinygemma finetune: LoRA or full fine-tuning from flags and/or a YAML file (flags win).
+
+Data-parallel: `torchrun --nproc-per-node N -m tinygemma finetune ...` (gloo on CPU; also multi-node).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..train.trainer import METHODS, TASKS, TrainConfig
+
+# (flag, type, help); every flag maps to the TrainConfig field of the same name (dashes -> underscores).
+FLAGS = (
+    ("--data", str, "training file: .jsonl (text, prompt/completion, messages, or text+label) or .csv"),
+    ("--out", str, f"output directory (default {TrainConfig.out})"),
+    ("--model", str, "base weights: .gguf or Hugging Face directory (default: the embedded Gemma 3 270M)"),
+    ("--rank", int, f"LoRA rank (default {TrainConfig.rank})"),
+    ("--alpha", float, f"LoRA alpha; updates are scaled by alpha/rank (default {TrainConfig.alpha})"),
+    ("--lora-layers", int, "LoRA on the last N blocks only (default: all); the backward pass stops there"),
+    ("--dropout", float, f"LoRA dropout (default {TrainConfig.dropout})"),
+    ("--text-column", str, "classification: the text column (default text)"),
+    ("--label-column", str, "classification: the label column (default label)"),
+    ("--eval-data", str, "held-out file (default: a random --eval-fraction of the training rows)"),
+    ("--eval-fraction", float, f"share of the rows held out (default {TrainConfig.eval_fraction})"),
+    ("--eval-max", int, f"held-out rows at most (default {TrainConfig.eval_max})"),
+    ("--eval-every", int, f"evaluate every N steps; 0: only at the end (default {TrainConfig.eval_every})"),
+    ("--max-length", int, f"tokens per example at most (default {TrainConfig.max_length})"),
+    ("--batch-size", int, f"examples per micro-batch and process (default {TrainConfig.batch_size})"),
+    ("--grad-accum", int, "micro-batches per optimizer step (default 1)"),
+    ("--steps", int, "optimizer steps (default: --epochs over the data)"),
+    ("--epochs", float, "passes over the training data (default 1)"),
+    ("--lr", float, "peak learning rate (default 2e-4 for LoRA, 2e-5 for full)"),
+    ("--weight-decay", float, "AdamW weight decay (default 0)"),
+    ("--warmup-steps", int, "linear warmup steps before the cosine decay (default 0)"),
+    ("--max-grad-norm", float, f"gradient clipping; 0: off (default {TrainConfig.max_grad_norm})"),
+    ("--save-every", int, f"checkpoint every N steps; 0: only at the end (default {TrainConfig.save_every})"),
+    ("--seed", int, "seed for initialization, data order and dropout (default 0)"),
+)
+
+
+def build_parser(p):
+    p.add_argument("--config", metavar="YAML", help="YAML file with TrainConfig keys (flags override it)")
+    for flag, kind, help_text in FLAGS:
+        p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+    p.add_argument("--task", choices=TASKS, default=argparse.SUPPRESS,
+                   help="lm (default): language modelling; classify-head: classification head on the last token; "
+                        "classify-lm: generative labels")
+    p.add_argument("--method", choices=METHODS, default=argparse.SUPPRESS, help="lora (default) or full")
+    p.add_argument("--targets", default=argparse.SUPPRESS,
+                   help="comma-separated projections that get LoRA (default: all seven of each block)")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false", default=argparse.SUPPRESS,
+                   help="train in float32 instead of bfloat16 autocast")
+    p.add_argument("--gradient-checkpointing", action="store_true", default=argparse.SUPPRESS,
+                   help="recompute each block in the backward pass (less memory, ~30%% more time)")
+    p.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
+                   help="continue from the checkpoint in --out")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                   help="no progress bar")
+    return p
+
+
+def read_yaml(path: str) -> dict:
+    try:
+        import yaml
+    except ImportError:
+        raise ValueError("--config needs PyYAML: pip install 'tinygemma[train]'") from None
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: the YAML must be a mapping of settings")
+    return values
+
+
+def main(args) -> int:
+    from ..train.trainer import Trainer
+
+    values = read_yaml(args.config) if args.config else {}
+    values.update({k: v for k, v in vars(args).items() if k not in ("command", "config")})
+    cfg = TrainConfig.from_dict(values, args.config or "flags")
+    trainer = Trainer(cfg)
+    if trainer.dist.main:
+        print(f"tinygemma: {len(trainer.train)} training / {len(trainer.held_out)} held-out examples, "
+              f"{trainer.total_steps} steps of {trainer.global_batch} examples on {trainer.dist.world} process(es), "
+              f"{sum(p.numel() for p in trainer.params):,} trainable parameters")
+    try:
+        summary = trainer.run()
+    finally:
+        trainer.dist.close()
+    if trainer.dist.main:
+        print(json.dumps(summary))
+        print(f"outputs in {cfg.out}/")
+    return 0
