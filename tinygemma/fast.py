@@ -1,10 +1,12 @@
-"""The fast CPU path: int8 layer weights, an int4 output projection rescored exactly for its top candidates,
-an int8 embedding, and an on-disk cache of the converted weights so later loads only map a file.
+"""The fast CPU path: int8 layer weights, a Q8_0 (or int8) embedding and output projection, and an on-disk
+cache of the converted weights so later loads only map a file.
 
-The converted model is a Gemma3Model whose projections are fused Int8Linear modules (q/k/v and gate/up
-each one matrix), whose embedding is an Int8Embedding and whose output projection is a RescoredHead.
-Everything else (RoPE, attention, the float32 residual stream) is the exact path's code; norms use
-FrozenRMSNorm, the same math with the (1 + w) gain computed once.
+The converted model is a Gemma3Model whose projections are fused (q/k/v and gate/up each one matrix).
+With the native kernels (tinygemma/kernels) they are NativeInt8Linear modules fed by NormQuantize, the
+embedding and output projection one Q8Table, and RMSNorm, residual adds and single-query attention run in C.
+Without them: Int8Linear modules, an Int8Embedding and an int4 RescoredHead. Everything else (RoPE, the
+float32 residual stream) is the exact path's code; norms use FrozenRMSNorm, the same math with the (1 + w)
+gain computed once.
 """
 
 from __future__ import annotations

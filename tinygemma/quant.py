@@ -1,5 +1,11 @@
 """Quantized building blocks of the fast CPU path (chosen by measurement on a 2-core AVX-512 machine).
 
+With the native kernels (tinygemma/kernels; AVX-512 VNNI and a C compiler):
+- NativeInt8Linear: int8 weights, one scale per output row, times int8 activations (one scale per BLOCK
+  values), in the kernels' tile layout; NormQuantize hands it RMS-normalized activations already quantized.
+- Q8Table: the Q8_0 embedding table in the same layout, serving as embedding and (TiedHead) as the output
+  projection with its exact Q8_0 weights.
+Without them (the PyTorch fallback):
 - Int8Linear: weight-only int8, one scale per output row, on PyTorch's int8pack CPU kernel, for
   decode-sized inputs (fewer than DENSE_MIN_ROWS positions per sequence); longer inputs (prefill)
   dequantize the weight to bfloat16 on the fly and run a bfloat16 GEMM, which is faster there.
@@ -11,8 +17,8 @@
   reproduced exactly, and only the rows in use need to be in memory.
 - RescoredHead: the tied output projection in int4, with the k best candidates of every row recomputed
   exactly from the embedding table: greedy picks and the probable tokens are exact, the tail approximate.
-Activations enter the kernels as bfloat16 (their float32-activation paths are not vectorized); outputs
-are float32.
+  Activations enter these kernels as bfloat16 (their float32-activation paths are not vectorized).
+Outputs are float32 throughout.
 """
 
 from __future__ import annotations
