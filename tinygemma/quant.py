@@ -99,7 +99,7 @@ class NativeInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor | Quantized) -> torch.Tensor:
         if not isinstance(x, Quantized):
             x = Quantized(*self.kernels.quantize_rows(x.reshape(-1, self.in_features).float()), x.shape)
-        y = self.kernels.matmul_rows(x[:3], self.q, self.scales, self.out_features)
+        y = self.kernels.matmul_rows((x.q, x.scales, x.comp), self.q, self.scales, self.out_features)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def from_gate_up(self, gate_up: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,7 @@ class Q8:
     def __init__(self, path: Path):
         lib = ctypes.CDLL(str(path))
         p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
-        lib.tg_quantize.argtypes = [p, i64, i64, p, f32, p, p]
+        lib.tg_quantize.argtypes = [p, i64, i64, p, p]
         lib.tg_quantize_rows.argtypes = [p, i64, i64, p, f32, p, p, p]
         lib.tg_quantize_geglu.argtypes = [p, i64, i64, p, p, p, p]
         lib.tg_matmul_rows.argtypes = [p, p, p, i64, i64, p, p, i64, p, i64]
@@ -87,7 +87,7 @@ class Q8:
         x = x.contiguous()
         xq = torch.empty(m, k, dtype=torch.uint8)
         xs = torch.empty(m, k // 64, 16)
-        self.lib.tg_quantize(x.data_ptr(), m, k, None, 0.0, xq.data_ptr(), xs.data_ptr())
+        self.lib.tg_quantize(x.data_ptr(), m, k, xq.data_ptr(), xs.data_ptr())
         return xq, xs
 
     def quantize_rows(self, x: torch.Tensor, gain: torch.Tensor | None = None, eps: float = 0.0

@@ -36,18 +36,12 @@ static inline float rms_factor(const float *row, int64_t K, float eps) {
     return 1.0f / sqrtf(_mm512_reduce_add_ps(ss) / (float)K + eps);
 }
 
-// One row of K values (K % 64 == 0) -> uint8 + lane scales, each value first multiplied by `norm` and by
-// gain[k] when gain is not NULL.
-static void quantize_row(const float *row, int64_t K, float norm, const float *gain, uint8_t *xq, float *xs) {
+// One row of K values (K % 64 == 0) -> uint8 (int8 + 128) per block of 32 + lane scales.
+static void quantize_row(const float *row, int64_t K, uint8_t *xq, float *xs) {
     for (int64_t c = 0; c < K / CHUNK; c++) {
         for (int half = 0; half < 2; half++) {
             int64_t k0 = c * CHUNK + half * 32;
-            __m512 v0 = _mm512_mul_ps(_mm512_loadu_ps(row + k0), _mm512_set1_ps(norm));
-            __m512 v1 = _mm512_mul_ps(_mm512_loadu_ps(row + k0 + 16), _mm512_set1_ps(norm));
-            if (gain) {
-                v0 = _mm512_mul_ps(v0, _mm512_loadu_ps(gain + k0));
-                v1 = _mm512_mul_ps(v1, _mm512_loadu_ps(gain + k0 + 16));
-            }
+            __m512 v0 = _mm512_loadu_ps(row + k0), v1 = _mm512_loadu_ps(row + k0 + 16);
             float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
             float d = amax / 127.0f;
             __m512 inv = _mm512_set1_ps(d > 0 ? 1.0f / d : 0.0f);
@@ -61,14 +55,10 @@ static void quantize_row(const float *row, int64_t K, float norm, const float *g
     }
 }
 
-// x (M, K) float32 -> xq (M, K) uint8 and xs (M, K / 64, 16) float32 lane scales. K % 64 == 0.
-// With `gain` (K floats) not NULL, rows are first RMS-normalized: x / rms(x) * gain.
-void tg_quantize(const float *x, int64_t M, int64_t K, const float *gain, float eps, uint8_t *xq, float *xs) {
+// For the Q8_0 product: x (M, K) float32 -> xq (M, K) uint8 and xs (M, K / 64, 16) lane scales. K % 64 == 0.
+void tg_quantize(const float *x, int64_t M, int64_t K, uint8_t *xq, float *xs) {
 #pragma omp parallel for schedule(static) if (M >= 16)
-    for (int64_t m = 0; m < M; m++) {
-        const float *row = x + m * K;
-        quantize_row(row, K, gain ? rms_factor(row, K, eps) : 1.0f, gain, xq + m * K, xs + m * (K / CHUNK) * 16);
-    }
+    for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, xq + m * K, xs + m * (K / CHUNK) * 16);
 }
 
 // exp(x) for |x| <= 88: 2^n * p(r), r = x - n ln2, p the degree-6 Taylor polynomial (|error| < 2e-7 relative).
