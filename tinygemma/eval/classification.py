@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError
+from ..jsonl import read_jsonl
 
 
 @dataclass
@@ -70,14 +71,7 @@ def read_predictions(path: str | Path, label_key: str = "label", prediction_key:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     elif path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        rows = [row for _, row in read_jsonl(path)]
     else:
         raise ValueError(f"{path}: predictions must be a .csv or .jsonl file")
     for n, row in enumerate(rows, 1):

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..jsonl import read_jsonl
 from .ifeval_checks import CHECKS, check
 
 PROMPTS_FILE = "input_data.jsonl"
@@ -49,22 +50,6 @@ class IFEvalReport:
     info: dict = field(default_factory=dict)       # model, settings, timings
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object")
-            rows.append(row)
-    return rows
-
-
 def load_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
     """Read IFEval prompts (`input_data.jsonl`, or a folder holding it), the first `limit` if given."""
     path = Path(path)
@@ -73,7 +58,7 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[Prompt]:
     if not path.is_file():
         raise FileNotFoundError(f"IFEval prompts not found: {path}")
     prompts = []
-    for n, row in enumerate(_read_jsonl(path), 1):
+    for n, row in enumerate((row for _, row in read_jsonl(path)), 1):
         missing = [k for k in ("key", "prompt", "instruction_id_list", "kwargs") if k not in row]
         if missing:
             raise ValueError(f"{path}: row {n} lacks {', '.join(missing)}")
@@ -96,7 +81,7 @@ def read_responses(path: str | Path, prompts: list[Prompt]) -> dict[int, str]:
     prompt still unmatched takes the row at its own position when that row's prompt matches no prompt: the
     official GPT-4 response file has one prompt whose wording was edited later in input_data.jsonl.
     """
-    rows = _read_jsonl(Path(path))
+    rows = [row for _, row in read_jsonl(path)]
     for n, row in enumerate(rows, 1):
         if not isinstance(row.get("response"), str) or not ("prompt" in row or "key" in row):
             raise ValueError(f"{path}: row {n} needs a string 'response' and a 'prompt' or 'key'")

@@ -10,7 +10,6 @@ Row kinds (each file holds one kind; the first row decides):
 from __future__ import annotations
 
 import csv
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import TinyGemmaError
+from ..jsonl import read_jsonl
 
 IGNORE = -100          # target of a position that is not scored (cross_entropy's ignore_index)
 # The generative classifier's prompt and completion: " {label}" then <eos>, which ends a label so that a
@@ -47,27 +47,16 @@ def read_rows(path: str | Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
     suffix = path.suffix.lower()
-    rows = []
-    with open(path, encoding="utf-8", newline="") as f:
-        if suffix == ".csv":
+    if suffix in (".jsonl", ".json"):
+        rows = [{"_line": n, **row} for n, row in read_jsonl(path, DataError)]
+    elif suffix == ".csv":
+        with open(path, encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             if not reader.fieldnames:
                 raise DataError(f"{path}: empty csv file (a header row is needed)")
-            for row in reader:
-                rows.append({"_line": reader.line_num, **row})
-        elif suffix in (".jsonl", ".json"):
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{n}: a row must be a JSON object")
-                rows.append({"_line": n, **row})
-        else:
-            raise DataError(f"{path}: data files must be .jsonl or .csv, not {suffix or 'no extension'}")
+            rows = [{"_line": reader.line_num, **row} for row in reader]
+    else:
+        raise DataError(f"{path}: data files must be .jsonl or .csv, not {suffix or 'no extension'}")
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
