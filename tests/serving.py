@@ -10,6 +10,13 @@ from contextlib import contextmanager
 import uvicorn
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @contextmanager
 def serve(app):
     """Run `app` on 127.0.0.1:<free port>; yields the base URL ("http://127.0.0.1:PORT")."""

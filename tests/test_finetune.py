@@ -3,7 +3,6 @@ export round trips, data parallelism and the CLI's errors. Real training runs th
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -17,6 +16,7 @@ from tinygemma.train.classifier import SequenceClassifier, predict_head, score_l
 from tinygemma.train.lora import AdapterConfig, LoRALinear, add_lora, lora_tensors, merge_adapter, read_adapter
 from tinygemma.train.trainer import TrainConfig, Trainer
 
+from serving import free_port
 from tinymodels import random_tensors, tiny_config, tiny_tokenizer
 
 WORDS = "abcdefghijklmnop"
@@ -225,12 +225,6 @@ def test_export_round_trips(files, tmp_path):
     torch.testing.assert_close(tinygemma.load(tmp_path / "hf", dtype="float32").logits(ids), exact, rtol=0, atol=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
                       OMP_NUM_THREADS="1")
@@ -246,7 +240,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig) -> None:
 def test_data_parallel_equals_single_process(files, tmp_path, method):
     common = dict(steps=3, grad_accum=2, eval_every=2, method=method, lr=1e-3)
     Trainer(tiny_cfg(files, tmp_path / "single", batch_size=4, **common)).run()
-    mp.spawn(_ddp_worker, args=(2, _free_port(), tiny_cfg(files, tmp_path / "ddp", batch_size=2, **common)),
+    mp.spawn(_ddp_worker, args=(2, free_port(), tiny_cfg(files, tmp_path / "ddp", batch_size=2, **common)),
              nprocs=2, join=True)
     single = torch.load(tmp_path / "single" / "checkpoint.pt", weights_only=False)
     ddp = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)

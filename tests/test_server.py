@@ -22,7 +22,7 @@ from tinygemma.engine import Engine, EngineConfig
 from tinygemma.export.gguf import save_gguf
 from tinygemma.server import create_app
 
-from serving import serve
+from serving import free_port, serve
 from tinymodels import random_tensors, tiny_config, tiny_tokenizer
 
 # A request that runs until cancelled: the regex allows no end before 8000 letters.
@@ -288,9 +288,7 @@ def test_serve_command(tmp_path):
     """`tinygemma serve` as a real process: binds loopback, answers, stops on SIGINT."""
     cfg = tiny_config()
     save_gguf(tmp_path / "tiny.gguf", cfg, random_tensors(cfg, 0), tiny_tokenizer())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "tinygemma", "serve", "--model", str(tmp_path / "tiny.gguf"),
                              "--dtype", "float32", "--port", str(port), "--max-batch", "4", "--ctx", "128"],

@@ -4,7 +4,6 @@ with a tiny random model (SSE shape, validation, Continue reusing the earlier st
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from tinygemma.server import STATIC_DIR, create_app
 from tinygemma.story import (BASE_STOPS, CONTINUE_OPENING, LENGTHS, OPENING, StoryChoices, finish_story,
                              story_prompt, title)
 
-from serving import serve
+from serving import free_port, serve
 from tinymodels import random_tensors, tiny_config, tiny_tokenizer
 
 CAT = StoryChoices("a curious cat", "in a magical forest", "finds a glowing key", "friendship", "short")
@@ -147,9 +146,7 @@ def test_page_and_its_files_are_served_at_the_root(story_url):
 def test_story_command_prints_the_page_address_once_it_answers(tmp_path):
     cfg = tiny_config()
     save_gguf(tmp_path / "tiny.gguf", cfg, random_tensors(cfg, 0), tiny_tokenizer())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "tinygemma", "story", "--model", str(tmp_path / "tiny.gguf"),
                              "--dtype", "float32", "--port", str(port), "--ctx", "2048"],
                             env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
