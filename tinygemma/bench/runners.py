@@ -88,6 +88,17 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # KiB on Linux
 
 
+def batch_rates(a, bos: int, text_ids: list[int], loop) -> dict:
+    """Aggregate decode for each batch size: loop(prompts, steps, warm) -> seconds of the timed steps."""
+    out = {}
+    for b in a.batch_sizes:
+        prompts = batch_prompts(bos, text_ids, b, a.batch_prompt_tokens)
+        secs = loop(prompts, a.batch_new_tokens, WARM_STEPS)
+        out[str(b)] = {**_rate(b * a.batch_new_tokens, secs), "sequences": b,
+                       "new_tokens_per_sequence": a.batch_new_tokens}
+    return out
+
+
 def _ids_digest(ids: list[int]) -> str:
     return hashlib.sha256(",".join(map(str, ids)).encode()).hexdigest()[:16]
 
@@ -144,7 +155,7 @@ def run_tinygemma(a) -> dict:
     run_prefill(make_ids(bos, text_ids, 32))
     model_loop([make_ids(bos, text_ids, 8)], 4, 0)
 
-    out: dict = {"prefill": {}, "batch": {}}
+    out: dict = {"prefill": {}}
     for n in a.prompt_lengths:
         ids = make_ids(bos, text_ids, n)
         out["prefill"][str(n)] = _rate(n, run_prefill(ids))
@@ -168,12 +179,7 @@ def run_tinygemma(a) -> dict:
         out["decode"] = {**_rate(steps, secs), "new_tokens": a.decode_tokens,
                          "via": f"model loop (stream_generate stopped after {n_gen} tokens)"}
     out["single_stream_rss_mib"] = _rss_mib()         # peak so far: load, prefills, one stream
-
-    for b in a.batch_sizes:
-        prompts = batch_prompts(bos, text_ids, b, a.batch_prompt_tokens)
-        secs = model_loop(prompts, a.batch_new_tokens, WARM_STEPS)
-        out["batch"][str(b)] = {**_rate(b * a.batch_new_tokens, secs), "sequences": b,
-                                "new_tokens_per_sequence": a.batch_new_tokens}
+    out["batch"] = batch_rates(a, bos, text_ids, model_loop)
 
     out.update({
         "import_s": t_imported - t_import,
@@ -281,7 +287,7 @@ def run_llama_cpp(a) -> dict:
     run_prefill(make_ids(bos, text_ids, 32))
     lowlevel_loop([make_ids(bos, text_ids, 8)], 4, 0)
 
-    out: dict = {"prefill": {}, "batch": {}}
+    out: dict = {"prefill": {}}
     for n in a.prompt_lengths:
         out["prefill"][str(n)] = _rate(n, run_prefill(make_ids(bos, text_ids, n)))
     out["prompt_ids_sha"] = _ids_digest(make_ids(bos, text_ids, max(a.prompt_lengths)))
@@ -291,12 +297,7 @@ def run_llama_cpp(a) -> dict:
     out["decode"] = {**_rate(steps, lowlevel_loop([prompt], steps, 0)), "new_tokens": a.decode_tokens,
                      "via": "llama_decode loop, 1 sequence"}
     out["single_stream_rss_mib"] = _rss_mib()         # peak so far: load, prefills, one stream
-
-    for b in a.batch_sizes:
-        prompts = batch_prompts(bos, text_ids, b, a.batch_prompt_tokens)
-        secs = lowlevel_loop(prompts, a.batch_new_tokens, WARM_STEPS)
-        out["batch"][str(b)] = {**_rate(b * a.batch_new_tokens, secs), "sequences": b,
-                                "new_tokens_per_sequence": a.batch_new_tokens}
+    out["batch"] = batch_rates(a, bos, text_ids, lowlevel_loop)
 
     info = llama_cpp.llama_print_system_info()
     out.update({
