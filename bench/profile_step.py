@@ -7,7 +7,7 @@ products, and the rest (PyTorch ops, attention, Python), for 1 and 25 sequences.
 import time, torch
 torch.set_num_threads(2)
 import tinygemma
-from tinygemma.cache import make_cache
+from tinygemma.cache import RowCaches, make_cache
 lm = tinygemma.load(); m = lm.model; k = m.lm_head.table.kernels
 def med(f, n=30):
     """Median milliseconds of n calls after 3 warm-ups."""
@@ -18,10 +18,13 @@ def med(f, n=30):
     return sorted(ts)[n//2]*1e3
 with torch.inference_mode():
     for B in (1, 25):
-        c = make_cache(m.config, B, m.dtype, 256)
-        m(torch.randint(1000,200000,(B,16)), cache=c, last_only=True)
+        # As the engine: one cache per sequence (RowCaches), each with a 300-token prompt.
+        caches = [make_cache(m.config, 1, m.dtype, 512) for _ in range(B)]
+        for c in caches:
+            m(torch.randint(1000, 200000, (1, 300)), cache=c, last_only=True)
         tok = torch.randint(1000,200000,(B,1))
-        step = med(lambda: m(tok, cache=c), 30 if B == 1 else 10)
+        pos = torch.full((B, 1), 300)
+        step = med(lambda: m(tok, pos, RowCaches(caches)), 30 if B == 1 else 10)
         x = torch.randn(B, 640); xq = k.quantize(x)
         head = med(lambda: k.matmul_q8_0(xq, m.lm_head.table.q, m.lm_head.table.scales, 262144), 30 if B == 1 else 10)
         lin = [mod for mod in m.modules() if type(mod).__name__ == "NativeInt8Linear"]

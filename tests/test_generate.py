@@ -9,7 +9,7 @@ import torch
 from tinygemma.errors import ContextLengthError
 from tinygemma.generate import StopMatcher, generate_step
 from tinygemma.lm import LM
-from tinygemma.sampling import SamplingParams, apply_penalties, filter_logits, make_generator, sample
+from tinygemma.sampling import SamplingParams, apply_penalties, filter_logits, make_generator, sample, top_candidates
 
 from tinymodels import random_tensors, tiny_config, tiny_tokenizer
 
@@ -172,6 +172,23 @@ def test_same_seed_same_tokens_different_seed_different():
     assert all(o != a for o in others)
     # An unseeded generator still works (and is not stuck on one value).
     assert len(set(draws(logits, p, 40, seed=None))) > 1
+
+
+def test_batched_top_candidates_draw_as_each_row_alone():
+    """The engine takes every row's top-k in one batched call: the draws equal those of each row alone."""
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(6, 5000, generator=g) * 3
+    params = [SamplingParams(temperature=0.7, top_k=64, top_p=0.95), SamplingParams(temperature=1.0, top_k=5),
+              SamplingParams(), SamplingParams(temperature=0.7, top_k=64, top_p=0.95),
+              SamplingParams(temperature=1.0), SamplingParams(temperature=1.0, top_k=5, presence_penalty=0.5)]
+    tops = top_candidates(logits, params)
+    # Greedy, full-vocabulary and penalised rows draw without precomputed candidates.
+    assert [t is None for t in tops] == [False, False, True, False, True, True]
+    for row, p, top in zip(logits, params, tops):
+        history = torch.tensor([1, 2]) if p.has_penalties else None
+        for seed in range(5):
+            alone = sample(row, p, history, make_generator(seed))
+            assert sample(row, p, history, make_generator(seed), top) == alone
 
 
 @pytest.mark.parametrize("field, value", [

@@ -144,3 +144,38 @@ def test_attend_matches_masked_softmax_attention(window):
     probs = scores.masked_fill(~mask[:, None], float("-inf")).softmax(-1)
     ref = torch.einsum("bhs,bhsd->bhd", probs, v.repeat_interleave(rep, 1))
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sliding", [False, True])
+def test_attend_rows_equals_cache_update_and_attend_row_by_row(sliding):
+    """The engine's one-call decode attention over per-row caches: the same caches afterwards and bit for bit
+    the same outputs as each row's cache.update + attend, through buffer growth and ring wrap-around."""
+    import copy
+
+    from tinygemma.cache import KVCache, RingKVCache
+
+    h, hkv, d, window = 4, 2, 32, 6
+    g = torch.Generator().manual_seed(11)
+
+    def make(length):
+        c = RingKVCache(1, hkv, d, torch.float32, window=window, capacity=2) if sliding else \
+            KVCache(1, hkv, d, torch.float32, capacity=2)
+        if length:
+            c.update(torch.randn(1, hkv, length, d, generator=g), torch.randn(1, hkv, length, d, generator=g),
+                     torch.arange(length)[None])
+        return c
+
+    mine = [make(n) for n in (0, 1, 3, 5, 9)]
+    ref = copy.deepcopy(mine)
+    for _ in range(8):                                 # past the window and several doublings
+        b = len(mine)
+        q, k, v = (torch.randn(b, x, d, generator=g) for x in (h, hkv, hkv))
+        q_pos = torch.tensor([c.offset for c in mine])
+        got = kernels.attend_rows(q, k, v, q_pos, mine, window if sliding else None, 0.2)
+        for i, c in enumerate(ref):
+            keys, values, k_pos = c.update(k[i:i + 1, :, None], v[i:i + 1, :, None], q_pos[i:i + 1, None])
+            expected = kernels.attend(q[i:i + 1], keys, values, k_pos, q_pos[i:i + 1], window if sliding else None, 0.2)
+            assert torch.equal(got[i:i + 1], expected)
+        for a, c in zip(mine, ref):
+            assert a.offset == c.offset and torch.equal(a.pos, c.pos)
+            assert torch.equal(a.k, c.k) and torch.equal(a.v, c.v)

@@ -78,6 +78,14 @@ class KVCache(_Buffers):
     def can_truncate(self, n: int) -> bool:
         return 0 <= n <= self.offset
 
+    def claim_one(self) -> tuple[int, int]:
+        """Room for one more entry, written by the caller (the native decode kernel): (its slot, the number
+        of slots to attend over once it is written)."""
+        slot = self.offset
+        self._reserve(slot + 1)
+        self.offset += 1
+        return slot, self.offset
+
 
 class RingKVCache(_Buffers):
     """Ring buffer of `window` entries for sliding-window layers (slot = entry index % window).
@@ -102,6 +110,13 @@ class RingKVCache(_Buffers):
         or by at most one entry after it.
         """
         return 0 <= n <= self.offset and (self.offset <= self.window or n >= self.offset - 1)
+
+    def claim_one(self) -> tuple[int, int]:
+        """As KVCache.claim_one: the slot one window back is overwritten, as in a decode update."""
+        self._reserve(min(self.offset + 1, self.window))
+        slot = self.offset % self.window
+        self.offset += 1
+        return slot, self.filled
 
     def _write(self, k, v, pos):
         n = k.shape[2]

@@ -33,7 +33,7 @@ import torch
 from .cache import IdleCaches, RowCaches, can_truncate, make_cache, truncate
 from .errors import ContextLengthError, TinyGemmaError
 from .generate import StopMatcher
-from .sampling import SamplingParams, make_generator, sample
+from .sampling import SamplingParams, make_generator, sample, top_candidates
 from .tokenizer import StreamDecoder
 
 log = logging.getLogger(__name__)
@@ -390,8 +390,12 @@ class Engine:
             positions = torch.tensor([[s.computed] for s in decoding])            # (B, 1)
             logits = self.model(ids, positions, RowCaches([s.cache for s in decoding]))[:, -1]   # (B, V)
             for seq, row in zip(decoding, logits):
+                if seq.constraint is not None:
+                    seq.constraint.mask(row)
+            tops = top_candidates(logits, [s.request.params for s in decoding])
+            for seq, row, top in zip(decoding, logits, tops):
                 seq.computed += 1
-                self._next_token(seq, row)
+                self._next_token(seq, row, top, masked=True)
             produced += len(decoding)
         budget = self.config.prefill_budget
         chunk = self.config.prefill_chunk
@@ -414,13 +418,15 @@ class Engine:
         while self._recent and time.perf_counter() - self._recent[0][0] > RATE_WINDOW:
             self._recent.popleft()
 
-    def _next_token(self, seq: _Sequence, logits: torch.Tensor) -> None:
-        """Sample seq's next token from its logits (V,), stream its text, and finish it when it is done."""
+    def _next_token(self, seq: _Sequence, logits: torch.Tensor, top: tuple | None = None,
+                    masked: bool = False) -> None:
+        """Sample seq's next token from its logits (V,) (`masked`: by its grammar already; `top`: its
+        precomputed top-k candidates), stream its text, and finish it when it is done."""
         params = seq.request.params
-        if seq.constraint is not None:
+        if seq.constraint is not None and not masked:
             seq.constraint.mask(logits)
         history = torch.tensor(seq.tokens) if params.has_penalties else None
-        token = sample(logits, params, history, seq.generator)
+        token = sample(logits, params, history, seq.generator, top)
         if seq.t_first is None:
             seq.t_first = time.perf_counter()
             self.metrics.ttft.observe(seq.t_first - seq.t_submit)

@@ -129,6 +129,7 @@ def assemble(config: Gemma3Config, buffers: dict[str, torch.Tensor], kernels: Q8
     if kernels is not None:
         for layer in model.layers:
             layer.self_attn.attend_one = kernels.attend
+            layer.self_attn.attend_rows = kernels.attend_rows
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:
         raise RuntimeError(f"fast model: no value for {leftover[0]}")

@@ -117,6 +117,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
         self.qkv_proj = None    # the fast path fuses q, k, v into one projection (one kernel call)
         self.attend_one = None  # the fast path's native single-query attention (kernels.Q8.attend)
+        self.attend_rows = None  # and its decode step over separate per-row caches (kernels.Q8.attend_rows)
 
     def project(self, x):
         if self.qkv_proj is not None:
@@ -132,7 +133,13 @@ class Attention(nn.Module):
         k = self.k_norm(k.view(b, n, self.n_kv, self.head_dim)).transpose(1, 2)      # (B, Hkv, L, D)
         v = v.reshape(b, n, self.n_kv, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
-        if isinstance(cache, LayerRows):
+        if isinstance(cache, LayerRows) and n == 1 and self.attend_rows is not None and self.softcap is None \
+                and v.dtype == torch.float32 and all(c.k.dtype == torch.float32 for c in cache):
+            # The decode step of separate sequences: one native call writes each row's key and value into
+            # its own cache and attends over it (the same arithmetic as attend_one per row).
+            out = self.attend_rows(q[:, :, 0], k[:, :, 0], v[:, :, 0], positions[:, 0], cache,
+                                   self.window if self.sliding else None, self.scale)[:, :, None]
+        elif isinstance(cache, LayerRows):
             # Separate sequences, one per row: each row attends over its own cache, as it would alone.
             out = torch.cat([self.attend(q[i:i + 1], k[i:i + 1], v[i:i + 1], positions[i:i + 1], row_cache,
                                          masks.setdefault(("row", i), {}))

@@ -95,16 +95,32 @@ def make_generator(seed: int | None) -> torch.Generator:
     return gen
 
 
+def top_candidates(logits: torch.Tensor, params: list[SamplingParams]) -> list[tuple | None]:
+    """For rows of (B, V) logits that will draw among their top k (no penalties), their (values, ids),
+    computed in one batched top-k per distinct k: the same per row as `torch.topk` on that row alone."""
+    out: list[tuple | None] = [None] * len(params)
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(params):
+        if not p.greedy and not p.has_penalties and 0 < p.top_k < logits.shape[-1]:
+            groups.setdefault(p.top_k, []).append(i)
+    for k, rows in groups.items():
+        values, ids = torch.topk(logits[rows], k)
+        for j, i in enumerate(rows):
+            out[i] = (values[j], ids[j])
+    return out
+
+
 def sample(logits: torch.Tensor, p: SamplingParams, history: torch.Tensor | None = None,
-           generator: torch.Generator | None = None) -> int:
-    """Pick the next token id from (V,) float32 logits."""
+           generator: torch.Generator | None = None, top: tuple | None = None) -> int:
+    """Pick the next token id from (V,) float32 logits. top: this row's (values, ids) from
+    `top_candidates` when it was computed with a batch."""
     if history is not None:
         logits = apply_penalties(logits, history, p)
     if p.greedy:
         return int(logits.argmax())
     if p.top_k and p.top_k < logits.shape[-1]:
         # Only the k best can survive: filter and draw among them (a vocabulary-wide sort costs ~10 ms).
-        values, ids = torch.topk(logits, p.top_k)
+        values, ids = top if top is not None else torch.topk(logits, p.top_k)
         probs = filter_logits(values, replace(p, top_k=0)).softmax(-1)
         return int(ids[torch.multinomial(probs, 1, generator=generator)])
     probs = filter_logits(logits, p).softmax(-1)

@@ -163,13 +163,23 @@ def _uses_chat(lm, mode: str) -> bool:
 
 
 def generate_responses(lm, prompts: list[Prompt], max_tokens: int = 512, mode: str = "auto",
-                       progress=None) -> dict[int, str]:
-    """Greedy responses of `lm` to each prompt. progress(done, total) is called after each one."""
+                       progress=None, batch: int = 32) -> dict[int, str]:
+    """Greedy responses of `lm` to each prompt, `batch` at a time through the continuous-batching engine
+    (on the fast path a row's output does not depend on the batch). progress(done, total) after each one."""
+    from ..engine import Engine, EngineConfig, GenerationRequest
+
+    config = EngineConfig(max_batch=batch, max_queue=len(prompts) + 1, idle_cache_bytes=0)
     responses = {}
-    for i, p in enumerate(prompts, 1):
-        responses[p.key] = lm.generate(build_prompt(lm, p.prompt, mode), max_tokens=max_tokens, temperature=0.0)
-        if progress:
-            progress(i, len(prompts))
+    with Engine.from_lm(lm, config) as engine:
+        handles = [engine.submit(GenerationRequest(build_prompt(lm, p.prompt, mode), max_tokens=max_tokens))
+                   for p in prompts]
+        for i, (p, handle) in enumerate(zip(prompts, handles), 1):
+            text, event = handle.result()
+            if event.finish_reason == "error":
+                raise RuntimeError(f"ifeval: generation failed for prompt {p.key}: {event.error}")
+            responses[p.key] = text
+            if progress:
+                progress(i, len(prompts))
     return responses
 
 

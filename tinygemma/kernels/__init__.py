@@ -76,8 +76,9 @@ class Q8:
         lib.tg_matmul_q8_0.argtypes = [p, p, i64, i64, p, p, i64, p, i64]
         lib.tg_rmsnorm.argtypes = [p, i64, i64, p, f32, i32, p]
         lib.tg_attend.argtypes = [p, i64, i64, i64, i64, p, p, i64, i64, i64, i64, p, i64, p, i64, f32, p]
+        lib.tg_attend_rows.argtypes = [p, p, p, p, i64, i64, i64, i64, p, p, p, p, p, p, i64, f32, p]
         for fn in (lib.tg_quantize, lib.tg_quantize_rows, lib.tg_quantize_geglu, lib.tg_matmul_rows,
-                   lib.tg_matmul_q8_0, lib.tg_rmsnorm, lib.tg_attend):
+                   lib.tg_matmul_q8_0, lib.tg_rmsnorm, lib.tg_attend, lib.tg_attend_rows):
             fn.restype = None
         self.lib = lib
 
@@ -131,6 +132,24 @@ class Q8:
         self.lib.tg_attend(q.data_ptr(), b, h, k.shape[1], d, k.data_ptr(), v.data_ptr(), k.shape[2],
                            k.stride(0), k.stride(1), k.stride(2), k_pos.data_ptr(), k_pos.stride(0),
                            q_pos.data_ptr(), window or 0, scale, out.data_ptr())
+        return out
+
+    def attend_rows(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, caches: list,
+                    window: int | None, scale: float) -> torch.Tensor:
+        """One decode step's attention for separate sequences, each with its own float32 cache (batch 1, a
+        KVCache or RingKVCache): row b's new key and value (k, v: (B, Hkv, D)) are written to its cache at
+        position q_pos[b], then its query (q: (B, H, D)) attends over it. Returns (B, H, D)."""
+        b, h, d = q.shape
+        table = []
+        for cache in caches:
+            slot, n = cache.claim_one()      # may grow the buffers: addresses after it
+            table.append((cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), slot, n, cache.k.stride(1)))
+        kc, vc, pc, slots, lengths, head_strides = torch.tensor(table, dtype=torch.int64).T.contiguous()
+        q, k, v, q_pos = q.contiguous(), k.contiguous(), v.contiguous(), q_pos.contiguous()
+        out = torch.empty(b, h, d)
+        self.lib.tg_attend_rows(q.data_ptr(), k.data_ptr(), v.data_ptr(), q_pos.data_ptr(), b, h, k.shape[1], d,
+                                kc.data_ptr(), vc.data_ptr(), pc.data_ptr(), slots.data_ptr(), lengths.data_ptr(),
+                                head_strides.data_ptr(), window or 0, scale, out.data_ptr())
         return out
 
     def matmul_rows(self, x: tuple[torch.Tensor, torch.Tensor, torch.Tensor], w: torch.Tensor, ws: torch.Tensor,

@@ -104,46 +104,77 @@ void tg_rmsnorm(const float *x, int64_t M, int64_t K, const float *gain, float e
     }
 }
 
-// Attention of one query per sequence: q (B, H, D) contiguous; k, v (B, Hkv, S, D) with the given strides
-// (elements; D contiguous); kpos (B, S) key positions (-1: empty slot), qpos (B). A key is visible when
-// 0 <= kpos <= qpos and, with window > 0, qpos - kpos < window. out (B, H, D); rows with no visible key
-// are zero. Query head h uses K/V head h / (H / Hkv).
+// One query head against S keys (stride ss floats, D contiguous) at positions kp (-1: empty slot):
+// softmax(q.k * scale) . v into o (D). A key is visible when 0 <= kp <= p and, with window > 0, p - kp < window;
+// with no visible key the output is zero.
+static void attend_head(const float *qr, const float *kb, const float *vb, const int64_t *kp, int64_t S,
+                        int64_t ss, int64_t D, int64_t p, int64_t window, float scale, float *o) {
+    float best = -INFINITY, total = 0.0f;
+    float scores[S > 0 ? S : 1];
+    for (int64_t s = 0; s < S; s++) {
+        int visible = kp[s] >= 0 && kp[s] <= p && (window <= 0 || p - kp[s] < window);
+        if (!visible) { scores[s] = -INFINITY; continue; }
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t d = 0; d < D; d += 16) {
+            __mmask16 mk = D - d >= 16 ? 0xFFFF : (__mmask16)((1u << (D - d)) - 1);
+            acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, qr + d), _mm512_maskz_loadu_ps(mk, kb + s * ss + d), acc);
+        }
+        scores[s] = _mm512_reduce_add_ps(acc) * scale;
+        if (scores[s] > best) best = scores[s];
+    }
+    for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
+    if (best == -INFINITY) return;
+    for (int64_t s = 0; s < S; s++) {
+        if (scores[s] == -INFINITY) continue;
+        float w = expf(scores[s] - best);
+        total += w;
+        for (int64_t d = 0; d < D; d += 16) {
+            __mmask16 mk = D - d >= 16 ? 0xFFFF : (__mmask16)((1u << (D - d)) - 1);
+            __m512 acc = _mm512_maskz_loadu_ps(mk, o + d);
+            _mm512_mask_storeu_ps(o + d, mk, _mm512_fmadd_ps(_mm512_set1_ps(w), _mm512_maskz_loadu_ps(mk, vb + s * ss + d), acc));
+        }
+    }
+    for (int64_t d = 0; d < D; d++) o[d] /= total;
+}
+
+// Attention of one query per sequence for B sequences sharing one cache tensor: q (B, H, D) contiguous; k, v
+// with element strides sb, sh, ss (batch, head, slot); kpos (B, S) with row stride kpos_stride; qpos (B,).
+// Query head h uses K/V head h / (H / Hkv). window <= 0: no window. out (B, H, D).
 void tg_attend(const float *q, int64_t B, int64_t H, int64_t Hkv, int64_t D, const float *k, const float *v,
                int64_t S, int64_t sb, int64_t sh, int64_t ss, const int64_t *kpos, int64_t kpos_stride,
                const int64_t *qpos, int64_t window, float scale, float *out) {
 #pragma omp parallel for schedule(static) if (B * H * S >= 4096)
     for (int64_t bh = 0; bh < B * H; bh++) {
-        const int64_t b = bh / H, h = bh % H, g = h / (H / Hkv), p = qpos[b];
-        const float *qr = q + bh * D;
-        const float *kb = k + b * sb + g * sh, *vb = v + b * sb + g * sh;
-        const int64_t *kp = kpos + b * kpos_stride;
-        float *o = out + bh * D;
-        float best = -INFINITY, total = 0.0f;
-        float scores[S > 0 ? S : 1];
-        for (int64_t s = 0; s < S; s++) {
-            int visible = kp[s] >= 0 && kp[s] <= p && (window <= 0 || p - kp[s] < window);
-            if (!visible) { scores[s] = -INFINITY; continue; }
-            __m512 acc = _mm512_setzero_ps();
-            for (int64_t d = 0; d < D; d += 16) {
-                __mmask16 mk = D - d >= 16 ? 0xFFFF : (__mmask16)((1u << (D - d)) - 1);
-                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, qr + d), _mm512_maskz_loadu_ps(mk, kb + s * ss + d), acc);
+        const int64_t b = bh / H, h = bh % H, g = h / (H / Hkv);
+        attend_head(q + bh * D, k + b * sb + g * sh, v + b * sb + g * sh, kpos + b * kpos_stride, S, ss, D,
+                    qpos[b], window, scale, out + bh * D);
+    }
+}
+
+// The engine's decode step: B sequences, each with its own cache (one layer's K, V (Hkv, capacity, D) and
+// positions (capacity,), contiguous, addresses in kc, vc, pc; head stride sh[b] = capacity * D). Row b's new
+// key and value (knew, vnew: (B, Hkv, D)) go to slot[b] with position qpos[b], then its H query heads attend
+// over its first S[b] slots. One call per layer instead of a cache write and a kernel call per row.
+void tg_attend_rows(const float *q, const float *knew, const float *vnew, const int64_t *qpos, int64_t B,
+                    int64_t H, int64_t Hkv, int64_t D, const int64_t *kc, const int64_t *vc, const int64_t *pc,
+                    const int64_t *slot, const int64_t *S, const int64_t *sh, int64_t window, float scale,
+                    float *out) {
+    int64_t work = 0;
+    for (int64_t b = 0; b < B; b++) {
+        float *kb = (float *)kc[b], *vb = (float *)vc[b];
+        for (int64_t g = 0; g < Hkv; g++)
+            for (int64_t d = 0; d < D; d++) {
+                kb[g * sh[b] + slot[b] * D + d] = knew[(b * Hkv + g) * D + d];
+                vb[g * sh[b] + slot[b] * D + d] = vnew[(b * Hkv + g) * D + d];
             }
-            scores[s] = _mm512_reduce_add_ps(acc) * scale;
-            if (scores[s] > best) best = scores[s];
-        }
-        for (int64_t d = 0; d < D; d++) o[d] = 0.0f;
-        if (best == -INFINITY) continue;
-        for (int64_t s = 0; s < S; s++) {
-            if (scores[s] == -INFINITY) continue;
-            float w = expf(scores[s] - best);
-            total += w;
-            for (int64_t d = 0; d < D; d += 16) {
-                __mmask16 mk = D - d >= 16 ? 0xFFFF : (__mmask16)((1u << (D - d)) - 1);
-                __m512 acc = _mm512_maskz_loadu_ps(mk, o + d);
-                _mm512_mask_storeu_ps(o + d, mk, _mm512_fmadd_ps(_mm512_set1_ps(w), _mm512_maskz_loadu_ps(mk, vb + s * ss + d), acc));
-            }
-        }
-        for (int64_t d = 0; d < D; d++) o[d] /= total;
+        ((int64_t *)pc[b])[slot[b]] = qpos[b];
+        work += H * S[b];
+    }
+#pragma omp parallel for schedule(dynamic, 4) if (work >= 4096)
+    for (int64_t bh = 0; bh < B * H; bh++) {
+        const int64_t b = bh / H, h = bh % H, g = h / (H / Hkv);
+        attend_head(q + bh * D, (const float *)kc[b] + g * sh[b], (const float *)vc[b] + g * sh[b],
+                    (const int64_t *)pc[b], S[b], D, D, qpos[b], window, scale, out + bh * D);
     }
 }
 
@@ -206,6 +237,23 @@ typedef struct {
     float *y;
 } Product;
 
+// The sums of the 16 lanes of a0..a3, as one vector [sum a0, sum a1, sum a2, sum a3].
+static inline __m128 hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+    const __m512 t0 = _mm512_add_ps(_mm512_unpacklo_ps(a0, a1), _mm512_unpackhi_ps(a0, a1));
+    const __m512 t1 = _mm512_add_ps(_mm512_unpacklo_ps(a2, a3), _mm512_unpackhi_ps(a2, a3));
+    const __m512d p0 = _mm512_castps_pd(t0), p1 = _mm512_castps_pd(t1);
+    const __m512 u = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(p0, p1)),
+                                   _mm512_castpd_ps(_mm512_unpackhi_pd(p0, p1)));
+    const __m256 h = _mm256_add_ps(_mm512_castps512_ps256(u), _mm512_extractf32x8_ps(u, 1));
+    return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
+// Store the first `rows` of 4 consecutive outputs.
+static inline void store4(float *y, __m128 v, int rows) {
+    if (rows == TILE_N) _mm_storeu_ps(y, v);
+    else _mm_mask_storeu_ps(y, (__mmask8)((1u << rows) - 1), v);
+}
+
 // Layers: a tile of 4 rows of W (uint8, packed) with one scale each (sp) against rows m0..m0+MB of x.
 #define DEFINE_ROWS_TILE(MB)                                                                            \
 static inline void rows_tile_##MB(const Product *p, const uint8_t *wp, const float *sp, int64_t m0,       \
@@ -231,9 +279,11 @@ static inline void rows_tile_##MB(const Product *p, const uint8_t *wp, const flo
             }                                                                                             \
         }                                                                                                 \
     }                                                                                                     \
-    for (int i = 0; i < rows; i++)                                                                        \
-        for (int j = 0; j < MB; j++)                                                                      \
-            y[(m0 + j) * p->ldy + i] = sp[i] * (_mm512_reduce_add_ps(acc[i][j]) - p->xc[m0 + j]);          \
+    const __m128 scale = _mm_loadu_ps(sp);                                                                \
+    for (int j = 0; j < MB; j++) {                                                                        \
+        const __m128 sums = hsum4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]);                            \
+        store4(y + (m0 + j) * p->ldy, _mm_mul_ps(scale, _mm_sub_ps(sums, _mm_set1_ps(p->xc[m0 + j]))), rows); \
+    }                                                                                                     \
 }
 
 // Scale vector of one Q8_0 chunk: lanes 0-7 = s[0], 8-15 = s[1].
@@ -241,37 +291,41 @@ static inline __m512 pair_scales(const float *s) {
     return _mm512_insertf32x8(_mm512_set1_ps(s[0]), _mm256_set1_ps(s[1]), 1);
 }
 
-// Output projection: a tile of 4 rows of the Q8_0 table (int8, packed; sp: their packed block scales)
-// against rows m0..m0+MB of x.
+// Output projection: a tile of 4 rows of the Q8_0 table (int8, packed) against rows m0..m0+MB of x.
+// neg, wsc: the tile's per-chunk offset corrections and scale vectors (q8_0_prepare), shared by all rows.
 #define DEFINE_Q8_0_TILE(MB)                                                                            \
-static inline void q8_0_tile_##MB(const Product *p, const int8_t *wp, const float *sp, int64_t m0,        \
-                                  float *y, int rows) {                                                   \
+static inline void q8_0_tile_##MB(const Product *p, const int8_t *wp, const __m512i *neg, const __m512 *wsc, \
+                                  int64_t m0, float *y, int rows) {                                       \
     const uint8_t *xq = (const uint8_t *)p->xq;                                                           \
     const int64_t K = p->K, chunks = K / CHUNK;                                                           \
     __m512 acc[TILE_N][MB];                                                                               \
     for (int i = 0; i < TILE_N; i++)                                                                      \
         for (int j = 0; j < MB; j++) acc[i][j] = _mm512_setzero_ps();                                     \
-    const __m512i bias = _mm512_set1_epi8((char)0x80);                                                    \
     for (int64_t c = 0; c < chunks; c++) {                                                                \
-        __m512i wv[TILE_N], neg[TILE_N];                                                                  \
-        __m512 wsc[TILE_N];                                                                               \
-        for (int i = 0; i < TILE_N; i++) {                                                                \
-            wv[i] = _mm512_loadu_si512(wp + (c * TILE_N + i) * CHUNK);                                    \
-            neg[i] = _mm512_sub_epi32(_mm512_setzero_si512(),                                            \
-                                      _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, wv[i]));         \
-            wsc[i] = pair_scales(sp + (c * TILE_N + i) * 2);                                              \
-        }                                                                                                 \
+        __m512i wv[TILE_N];                                                                               \
+        for (int i = 0; i < TILE_N; i++) wv[i] = _mm512_loadu_si512(wp + (c * TILE_N + i) * CHUNK);      \
         for (int j = 0; j < MB; j++) {                                                                    \
             const __m512i a = _mm512_loadu_si512(xq + (m0 + j) * K + c * CHUNK);                          \
             const __m512 s = _mm512_loadu_ps(p->xs + ((m0 + j) * chunks + c) * 16);                       \
             for (int i = 0; i < TILE_N; i++) {                                                            \
-                __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg[i], a, wv[i]));                    \
-                acc[i][j] = _mm512_fmadd_ps(d, _mm512_mul_ps(s, wsc[i]), acc[i][j]);                     \
+                __m512 d = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(neg[c * TILE_N + i], a, wv[i]));        \
+                acc[i][j] = _mm512_fmadd_ps(d, _mm512_mul_ps(s, wsc[c * TILE_N + i]), acc[i][j]);         \
             }                                                                                             \
         }                                                                                                 \
     }                                                                                                     \
-    for (int i = 0; i < rows; i++)                                                                        \
-        for (int j = 0; j < MB; j++) y[(m0 + j) * p->ldy + i] = _mm512_reduce_add_ps(acc[i][j]);          \
+    for (int j = 0; j < MB; j++)                                                                          \
+        store4(y + (m0 + j) * p->ldy, hsum4(acc[0][j], acc[1][j], acc[2][j], acc[3][j]), rows);           \
+}
+
+// A Q8_0 weight tile's per-chunk terms, computed once for all rows of x: -128 * sum(w) per 4 bytes (the
+// activations' +128 offset) and the scale vectors.
+static inline void q8_0_prepare(const int8_t *wp, const float *sp, int64_t chunks, __m512i *neg, __m512 *wsc) {
+    const __m512i bias = _mm512_set1_epi8((char)0x80);
+    for (int64_t t = 0; t < chunks * TILE_N; t++) {
+        const __m512i w = _mm512_loadu_si512(wp + t * CHUNK);
+        neg[t] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_dpbusd_epi32(_mm512_setzero_si512(), bias, w));
+        wsc[t] = pair_scales(sp + t * 2);
+    }
 }
 
 DEFINE_ROWS_TILE(4) DEFINE_ROWS_TILE(3) DEFINE_ROWS_TILE(2) DEFINE_ROWS_TILE(1)
@@ -282,11 +336,15 @@ static inline void tile_column(const Product *p, int q8_0, const void *wp, const
                                int64_t rows, float *y, int n) {
     int64_t m = m0;
     if (q8_0) {
-        for (; m + 4 <= m0 + rows; m += 4) q8_0_tile_4(p, wp, sp, m, y, n);
+        const int64_t chunks = p->K / CHUNK;
+        __m512i neg[chunks * TILE_N];
+        __m512 wsc[chunks * TILE_N];
+        q8_0_prepare(wp, sp, chunks, neg, wsc);
+        for (; m + 4 <= m0 + rows; m += 4) q8_0_tile_4(p, wp, neg, wsc, m, y, n);
         switch (m0 + rows - m) {
-        case 3: q8_0_tile_3(p, wp, sp, m, y, n); break;
-        case 2: q8_0_tile_2(p, wp, sp, m, y, n); break;
-        case 1: q8_0_tile_1(p, wp, sp, m, y, n); break;
+        case 3: q8_0_tile_3(p, wp, neg, wsc, m, y, n); break;
+        case 2: q8_0_tile_2(p, wp, neg, wsc, m, y, n); break;
+        case 1: q8_0_tile_1(p, wp, neg, wsc, m, y, n); break;
         }
     } else {
         for (; m + 4 <= m0 + rows; m += 4) rows_tile_4(p, wp, sp, m, y, n);
