@@ -14,7 +14,7 @@ COMMANDS = {
     "tokenize": "show the token ids of a text",
     "info": "describe a model file: architecture, tensor types, parameter counts",
     "bench": "speed: tinygemma vs llama.cpp side by side",
-    "eval": "evaluate: IFEval, perplexity of a text file, classification metrics of a predictions file",
+    "eval": "evaluate: IFEval, perplexity of a text file, classification metrics, slot extraction (restaurant8k)",
     "serve": "OpenAI-compatible HTTP server: many conversations at once, structured output",
     "story": "the story generator web page: starts the server and prints (or opens) its address",
     "finetune": "fine-tune (LoRA or full) on a .jsonl/.csv file: language modelling or classification",

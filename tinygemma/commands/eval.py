@@ -1,4 +1,4 @@
-"""tinygemma eval {ifeval, perplexity, classify}: measure a model, or score existing outputs."""
+"""tinygemma eval {ifeval, perplexity, classify, extract}: measure a model, or score existing outputs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 from .common import add_model_args, load_model
 
 DEFAULT_IFEVAL_MAX_TOKENS = 512
+DEFAULT_EXTRACT_MAX_TOKENS = 64
+DEFAULT_EXTRACT_BATCH = 32
 DEFAULT_OUT = "eval_out"
 PERPLEXITY_CTX = 512      # llama.cpp's llama-perplexity default, so figures compare
 
@@ -44,6 +46,22 @@ def build_parser(p):
     q.add_argument("--out", metavar="DIR", default=DEFAULT_OUT,
                    help="where classification.json / .md / confusion_matrix.png go")
     q.add_argument("--no-png", action="store_true", help="skip the confusion-matrix PNG (no matplotlib needed)")
+
+    q = sub.add_parser("extract", help="slot extraction text -> JSON (restaurant8k): exact match and slot F1",
+                       description="Generate JSON for restaurant8k utterances (greedy, constrained to the slot "
+                       "schema) and score exact match, slot-level precision/recall/F1 and valid JSON; or, with "
+                       "--prepare, write the prompt/completion .jsonl that 'tinygemma finetune --data' reads. "
+                       "Typical run: eval extract --data train.json --prepare r8k_train.jsonl; finetune --data "
+                       "r8k_train.jsonl --out r8k; eval extract --data test.json --adapter r8k/adapter.")
+    q.add_argument("--data", required=True, metavar="FILE",
+                   help="restaurant8k file as published (a JSON array: train.json or test.json)")
+    q.add_argument("--prepare", metavar="OUT.jsonl", help="write fine-tuning rows {prompt, completion} here "
+                   "instead of evaluating (no model runs)")
+    q.add_argument("--limit", type=int, metavar="N", help="only the first N examples")
+    q.add_argument("--max-tokens", type=int, default=DEFAULT_EXTRACT_MAX_TOKENS, help="tokens per output at most")
+    q.add_argument("--batch", type=int, default=DEFAULT_EXTRACT_BATCH, help="outputs generated at once")
+    q.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help="where extraction.json / extraction.md go")
+    add_model_args(q)
     return p
 
 
@@ -59,8 +77,6 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def run_ifeval(args) -> int:
-    from tqdm import tqdm
-
     from ..eval import ifeval
 
     _positive("--limit", args.limit)
@@ -70,17 +86,28 @@ def run_ifeval(args) -> int:
         report = ifeval.score(prompts, ifeval.read_responses(args.responses, prompts),
                               {"responses": str(args.responses)})
     else:
-        lm = load_model(args)
-        bar = tqdm(total=len(prompts), desc="IFEval", unit="prompt", file=sys.stderr)
-        info = {"model": str(lm.weights.source) if lm.weights else "in-memory", "dtype": args.dtype or "fast"}
-        report = ifeval.run(lm, prompts, max_tokens=args.max_tokens, mode=args.mode,
-                            progress=lambda done, total: bar.update(1), info=info)
-        bar.close()
-    paths = ifeval.write_reports(report, args.out)
-    for name in ifeval.METRICS:
-        print(f"{name.replace('_', ' '):26s} {100 * report.metrics[name]:6.2f}%")
-    print(f"reports: {paths['json']}, {paths['markdown']}")
+        report = _run_model(args, len(prompts), "IFEval", "prompt", lambda lm, **kw: ifeval.run(
+            lm, prompts, max_tokens=args.max_tokens, mode=args.mode, **kw))
+    _print_report(report.metrics, ifeval.METRICS, ifeval.write_reports(report, args.out))
     return 0
+
+
+def _run_model(args, total: int, desc: str, unit: str, run, **info):
+    """Load the model and return run(lm, progress=..., info=...) under a progress bar of `total` steps."""
+    from tqdm import tqdm
+
+    lm = load_model(args)
+    info = {"model": str(lm.weights.source) if lm.weights else "in-memory", "dtype": args.dtype or "fast", **info}
+    with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr) as bar:
+        return run(lm, progress=lambda done, n: bar.update(1), info=info)
+
+
+def _print_report(metrics: dict[str, float], names, paths: dict) -> None:
+    """The metrics (percentages, aligned) and where the JSON and Markdown reports went."""
+    width = max(len(name) for name in names) + 2
+    for name in names:
+        print(f"{name.replace('_', ' '):{width}s} {100 * metrics[name]:6.2f}%")
+    print(f"reports: {paths['json']}, {paths['markdown']}")
 
 
 def run_perplexity(args) -> int:
@@ -112,5 +139,25 @@ def run_classify(args) -> int:
     return 0
 
 
+def run_extract(args) -> int:
+    from ..eval import extraction
+
+    _positive("--limit", args.limit)
+    _positive("--max-tokens", args.max_tokens)
+    _positive("--batch", args.batch)
+    if args.prepare:
+        n = extraction.prepare(args.data, args.prepare, limit=args.limit)
+        print(f"wrote {n} prompt/completion rows to {args.prepare}")
+        return 0
+    examples = extraction.restaurant8k_examples(args.data, limit=args.limit)
+    if not examples:
+        raise ValueError(f"{args.data}: no examples")
+    report = _run_model(args, len(examples), "extract", "example", lambda lm, **kw: extraction.run(
+        lm, examples, max_tokens=args.max_tokens, batch=args.batch, **kw), data=str(args.data), adapter=args.adapter)
+    _print_report(report.metrics, extraction.METRICS, extraction.write_reports(report, args.out))
+    return 0
+
+
 def main(args) -> int:
-    return {"ifeval": run_ifeval, "perplexity": run_perplexity, "classify": run_classify}[args.eval_task](args)
+    return {"ifeval": run_ifeval, "perplexity": run_perplexity, "classify": run_classify,
+            "extract": run_extract}[args.eval_task](args)

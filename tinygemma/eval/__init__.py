@@ -1,1 +1,2 @@
-"""Evaluation: perplexity, IFEval (ifeval.py, checks in ifeval_checks.py) and classification metrics."""
+"""Evaluation: perplexity, IFEval (ifeval.py, checks in ifeval_checks.py), classification metrics and slot
+extraction (extraction.py: restaurant8k text -> JSON)."""
