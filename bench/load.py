@@ -398,6 +398,10 @@ def measure(base: str, pid: int, engine: str, model: str, args) -> dict:
             if name in before and name in after:
                 deltas[kind] = after[name] - before[name]
         summary["server_metrics_delta"] = deltas
+        if engine == "tinygemma" and "tinygemma_idle_cache_bytes" in after:
+            # What the RSS growth is made of: caches kept for follow-ups, bounded by --cache-mb.
+            summary["idle_cache_mib"] = after["tinygemma_idle_cache_bytes"] / 2**20
+            summary["idle_cache_evictions"] = after.get("tinygemma_idle_cache_evictions_total", 0)
         energy = cpu * args.watts_per_core
         summary["energy_j"] = energy
         summary["energy_per_conversation_j"] = energy / args.users
@@ -405,7 +409,9 @@ def measure(base: str, pid: int, engine: str, model: str, args) -> dict:
         runs.append(summary)
         print(f"  {engine} run {run + 1}/{args.runs}: {summary['completion_tps']:.1f} tok/s, "
               f"{summary['failed_requests']} failed, {summary['wall_s']:.1f} s, "
-              f"RSS {summary.get('server_rss_mib', 0):.0f} MiB", file=sys.stderr, flush=True)
+              f"RSS {summary.get('server_rss_mib', 0):.0f} MiB"
+              + (f", idle caches {summary['idle_cache_mib']:.0f} MiB ({summary['idle_cache_evictions']:.0f} evicted"
+                 " so far)" if "idle_cache_mib" in summary else ""), file=sys.stderr, flush=True)
     return {"runs": runs, "rss_after_each_run_mib": [r.get("server_rss_mib") for r in runs]}
 
 
