@@ -390,12 +390,11 @@ class Engine:
             positions = torch.tensor([[s.computed] for s in decoding])            # (B, 1)
             logits = self.model(ids, positions, RowCaches([s.cache for s in decoding]))[:, -1]   # (B, V)
             for seq, row in zip(decoding, logits):
-                if seq.constraint is not None:
-                    seq.constraint.mask(row)
+                self._constrain(seq, row)
             tops = top_candidates(logits, [s.request.params for s in decoding])
             for seq, row, top in zip(decoding, logits, tops):
                 seq.computed += 1
-                self._next_token(seq, row, top, masked=True)
+                self._next_token(seq, row, top)
             produced += len(decoding)
         budget = self.config.prefill_budget
         chunk = self.config.prefill_chunk
@@ -410,6 +409,7 @@ class Engine:
                 seq.computed = end
                 if end == seq.prompt_len:
                     seq.state = State.DECODE
+                    self._constrain(seq, logits)
                     self._next_token(seq, logits)
                     produced += 1
             if budget <= 0:
@@ -418,13 +418,16 @@ class Engine:
         while self._recent and time.perf_counter() - self._recent[0][0] > RATE_WINDOW:
             self._recent.popleft()
 
-    def _next_token(self, seq: _Sequence, logits: torch.Tensor, top: tuple | None = None,
-                    masked: bool = False) -> None:
-        """Sample seq's next token from its logits (V,) (`masked`: by its grammar already; `top`: its
-        precomputed top-k candidates), stream its text, and finish it when it is done."""
-        params = seq.request.params
-        if seq.constraint is not None and not masked:
+    @staticmethod
+    def _constrain(seq: _Sequence, logits: torch.Tensor) -> None:
+        """Tokens seq's grammar does not allow next -> -inf in its logits (V,), in place."""
+        if seq.constraint is not None:
             seq.constraint.mask(logits)
+
+    def _next_token(self, seq: _Sequence, logits: torch.Tensor, top: tuple | None = None) -> None:
+        """Sample seq's next token from its logits (V,), already constrained (`top`: its precomputed top-k
+        candidates), stream its text, and finish it when it is done."""
+        params = seq.request.params
         history = torch.tensor(seq.tokens) if params.has_penalties else None
         token = sample(logits, params, history, seq.generator, top)
         if seq.t_first is None:
@@ -463,3 +466,21 @@ class Engine:
             self._idle.put(seq.tokens[:seq.computed], seq.cache)
         seq.cache = None
         seq.handle._send(Event(text, reason, seq.prompt_len, seq.generated, seq.cached_tokens, error))
+
+
+def generate_all(lm, requests: list[GenerationRequest], batch: int = 32, progress=None) -> list[str]:
+    """The output text of every request, `batch` at a time through one engine (no cache reuse): offline
+    evaluation of many prompts. On the fast path a greedy row's output does not depend on the batch.
+    progress(done, total) is called as outputs arrive, in order; a failed request raises TinyGemmaError."""
+    config = EngineConfig(max_batch=batch, max_queue=len(requests) + 1, idle_cache_bytes=0)
+    outputs = []
+    with Engine.from_lm(lm, config) as engine:
+        handles = [engine.submit(r) for r in requests]
+        for i, handle in enumerate(handles, 1):
+            text, event = handle.result()
+            if event.finish_reason == "error":
+                raise TinyGemmaError(f"generation failed for request {i} of {len(requests)}: {event.error}")
+            outputs.append(text)
+            if progress:
+                progress(i, len(requests))
+    return outputs

@@ -117,26 +117,15 @@ def predict(lm, examples: list[SlotExample], max_tokens: int = 64, batch: int = 
 
     progress(done, total) is called as outputs arrive, in order.
     """
-    from ..engine import Engine, EngineConfig, GenerationRequest
-    from ..errors import TinyGemmaError
+    from ..engine import GenerationRequest, generate_all
     from ..structured import grammar_for
 
     if not examples:
         return []
     grammar = grammar_for(json_schema=SCHEMA)
-    config = EngineConfig(max_batch=batch, max_queue=len(examples) + 1, idle_cache_bytes=0)
-    outputs = []
-    with Engine.from_lm(lm, config) as engine:
-        handles = [engine.submit(GenerationRequest(lm.tokenizer.encode(prompt(ex), add_bos=True, parse_special=False),
-                                                   max_tokens=max_tokens, grammar=grammar)) for ex in examples]
-        for i, handle in enumerate(handles, 1):
-            text, event = handle.result()
-            if event.finish_reason == "error":
-                raise TinyGemmaError(f"generation failed for example {i}: {event.error}")
-            outputs.append(text)
-            if progress:
-                progress(i, len(examples))
-    return outputs
+    requests = [GenerationRequest(lm.tokenizer.encode(prompt(ex), add_bos=True, parse_special=False),
+                                  max_tokens=max_tokens, grammar=grammar) for ex in examples]
+    return generate_all(lm, requests, batch, progress)
 
 
 def valid(obj) -> bool:

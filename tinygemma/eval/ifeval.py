@@ -166,21 +166,10 @@ def generate_responses(lm, prompts: list[Prompt], max_tokens: int = 512, mode: s
                        progress=None, batch: int = 32) -> dict[int, str]:
     """Greedy responses of `lm` to each prompt, `batch` at a time through the continuous-batching engine
     (on the fast path a row's output does not depend on the batch). progress(done, total) after each one."""
-    from ..engine import Engine, EngineConfig, GenerationRequest
+    from ..engine import GenerationRequest, generate_all
 
-    config = EngineConfig(max_batch=batch, max_queue=len(prompts) + 1, idle_cache_bytes=0)
-    responses = {}
-    with Engine.from_lm(lm, config) as engine:
-        handles = [engine.submit(GenerationRequest(build_prompt(lm, p.prompt, mode), max_tokens=max_tokens))
-                   for p in prompts]
-        for i, (p, handle) in enumerate(zip(prompts, handles), 1):
-            text, event = handle.result()
-            if event.finish_reason == "error":
-                raise RuntimeError(f"ifeval: generation failed for prompt {p.key}: {event.error}")
-            responses[p.key] = text
-            if progress:
-                progress(i, len(prompts))
-    return responses
+    requests = [GenerationRequest(build_prompt(lm, p.prompt, mode), max_tokens=max_tokens) for p in prompts]
+    return {p.key: text for p, text in zip(prompts, generate_all(lm, requests, batch, progress))}
 
 
 def run(lm, prompts: list[Prompt], max_tokens: int = 512, mode: str = "auto", progress=None,
