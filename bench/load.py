@@ -529,6 +529,8 @@ def format_table(result: dict) -> str:
     out = [f"load: {s['users']} users x {s['turns']} turns, max_tokens {s['max_tokens']}, temperature "
            f"{s['temperature']}, {s['threads']} threads on {m['cores']} cores ({m['cpu_model']}), "
            f"median of {s['runs']} run(s); model {Path(result['model']).name}",
+           f"tinygemma kernel path: {m.get('kernel_path')}; CPU features: {' '.join(m.get('cpu_features') or [])}; "
+           f"llama-server: {m.get('llama_server') or '-'} (class: {m.get('llama_server_class') or 'as built'})",
            line(head), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
     out.append(f"energy = server CPU-seconds x {s['watts_per_core']:g} W per busy core (assumed; no power "
@@ -540,16 +542,16 @@ def format_table(result: dict) -> str:
     return "\n".join(out)
 
 
-def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu_model": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+def machine_info(llama_server: str | None = None) -> dict:
+    """The CPU (model, the features the kernels choose by, native bfloat16), tinygemma's kernel path and, for
+    llama-server, which SIMD it was built for (from its --version / system info line)."""
+    from tinygemma.kernels import describe
+
+    kernels = describe()
+    return {"cpu_model": kernels["cpu"], "cpu_features": kernels["features"], "native_bf16": kernels["native_bf16"],
+            "kernel_path": kernels["kernel_path"], "kernels_forced": kernels["forced"],
+            "llama_server": llama_server, "llama_server_class": os.environ.get("LLAMA_SERVER_CLASS"),
+            "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
@@ -610,7 +612,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = default_model_path()
 
     notes: list[str] = []
-    machine = machine_info()
+    machine = machine_info(args.llama_server)
     machine["load_average_at_start"] = list(os.getloadavg())
     if "llama-server" in engines:
         why = "no --llama-server PATH given (bash bench/build_llama_server.sh DIR builds one)"

@@ -28,8 +28,11 @@ def test_speed_benchmark_tinygemma_only(tmp_path, capsys, monkeypatch):
     for field in ("machine", "model", "settings", "engines_run", "metrics", "medians", "ratios", "goals",
                   "runs", "errors", "notes", "table", "chart"):
         assert field in data, field
-    for field in ("cpu_model", "cores", "platform", "python", "torch", "llama_cpp_python", "threads", "date"):
+    for field in ("cpu_model", "cpu_features", "native_bf16", "kernel_path", "cores", "platform", "python", "torch",
+                  "llama_cpp_python", "threads", "date"):
         assert field in data["machine"], field
+    from tinygemma.kernels import describe
+    assert data["machine"]["kernel_path"] == describe()["kernel_path"]
     assert data["model"]["path"] == str(model.resolve()) and len(data["model"]["sha256_prefix"]) == 16
     assert data["engines_run"] == ["tinygemma"]
     assert data["ratios"] == {} and data["chart"] is None
@@ -52,7 +55,8 @@ def test_speed_benchmark_tinygemma_only(tmp_path, capsys, monkeypatch):
 
     table = result["table"]
     for header in ("metric", "unit", "tinygemma", "llama.cpp", "tinygemma/llama.cpp", "goal"):
-        assert header in table.splitlines()[1], header
+        assert header in table.splitlines()[3], header
+    assert f"tinygemma kernel path: {data['machine']['kernel_path']}" in table.splitlines()[1]
     for label in ("load time", "peak RSS", "prefill, 16-token prompt", "decode, 1 stream", "aggregate decode, 2 sequences"):
         assert label in table, label
     assert table in printed

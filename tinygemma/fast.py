@@ -53,7 +53,7 @@ def convert(config: Gemma3Config, tensors: dict[str, torch.Tensor], native: bool
                 out[p + "packed_q"], out[p + "packed_scales"] = NativeInt8Linear.quantize(w)
             else:
                 lin = Int8Linear.from_float(w)
-                out[p + "q"], out[p + "scales"] = lin.q, lin.scales
+                out[p + "q"], out[p + "scales"] = lin.q, lin.scales.to(torch.bfloat16)
     if native and Q8Table.supports(config.hidden_size):
         # One Q8_0 table serves as embedding and output projection (also for an untied lm_head).
         for name in ("embed_tokens", "lm_head"):
@@ -68,10 +68,10 @@ def convert(config: Gemma3Config, tensors: dict[str, torch.Tensor], native: bool
     head = tensors.get("lm_head.weight", tensors["embed_tokens.weight"])
     if Int4Linear.supports(config.hidden_size):
         approx = Int4Linear.from_float(head)
-        out["head.packed"], out["head.scales_zeros"] = approx.packed, approx.scales_zeros
+        out["head.packed"], out["head.scales_zeros"] = approx.packed, approx.scales_zeros.to(torch.bfloat16)
     else:
         approx = Int8Linear.from_float(head)
-        out["head.q"], out["head.scales"] = approx.q, approx.scales
+        out["head.q"], out["head.scales"] = approx.q, approx.scales.to(torch.bfloat16)
     return _add_norms(out, tensors)
 
 

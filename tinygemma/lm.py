@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -38,6 +39,11 @@ def load(path: str | os.PathLike | None = None, dtype: str | None = None,
     if name != FAST and name not in DTYPES:
         raise ValueError(f"dtype must be one of {FAST}, {', '.join(DTYPES)} (float16 overflows in Gemma 3), "
                          f"got {dtype!r}")
+    if name == "bfloat16":
+        from .kernels import native_bf16
+        if not native_bf16():
+            _warn_once("this CPU has no native bfloat16 (AVX512_BF16, AMX or ARM BF16): dtype=bfloat16 is "
+                       "emulated, many times slower than float32 or the fast path")
     source = default_model_path() if path is None else Path(path)
     lora = None
     if adapter is not None:
@@ -50,6 +56,11 @@ def load(path: str | os.PathLike | None = None, dtype: str | None = None,
         lm = LM.from_tensors(weights.config, _merged(weights, lora), weights.tokenizer, DTYPES[name], weights)
     lm.adapter = lora
     return lm
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    print(f"tinygemma: {message}", file=sys.stderr)
 
 
 def _merged(weights, lora) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ With the native kernels (tinygemma/kernels; AVX-512 VNNI and a C compiler):
 Without them (the PyTorch fallback):
 - Int8Linear: weight-only int8, one scale per output row, on PyTorch's int8pack CPU kernel, for
   decode-sized inputs (fewer than DENSE_MIN_ROWS positions per sequence); longer inputs (prefill)
-  dequantize the weight to bfloat16 on the fly and run a bfloat16 GEMM, which is faster there.
+  dequantize the weight on the fly and run a dense GEMM (in act_dtype), which is faster there.
   The choice never depends on the batch size: both kernels compute each row independently of the others,
   so a sequence decoded in a batch gets bit-for-bit the logits it would get alone.
   Per-row int8 costs under 0.2% perplexity; per-group int4 costs ~25% on this model, so layers stay int8.
@@ -17,23 +17,34 @@ Without them (the PyTorch fallback):
   reproduced exactly, and only the rows in use need to be in memory.
 - RescoredHead: the tied output projection in int4, with the k best candidates of every row recomputed
   exactly from the embedding table: greedy picks and the probable tokens are exact, the tail approximate.
-  Activations enter these kernels as bfloat16 (their float32-activation paths are not vectorized).
+  Activations enter these kernels as bfloat16 where the CPU computes bfloat16 natively (AVX512_BF16, AMX, ARM
+  BF16; their float32-activation paths are not vectorized there), else as float32: emulated bfloat16 costs many
+  times more (act_dtype; TINYGEMMA_BF16=1 or 0 forces either).
 Outputs are float32 throughout.
 """
 
 from __future__ import annotations
 
+import os
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kernels import BLOCK, Q8, pack_q8_0, pack_rows
+from .kernels import BLOCK, Q8, native_bf16, pack_q8_0, pack_rows
 
 GROUP_SIZE = 32          # int4 group (values sharing one scale and zero point)
-DENSE_MIN_ROWS = 8       # inputs with at least this many positions per sequence use a bfloat16 GEMM
+DENSE_MIN_ROWS = 8       # inputs with at least this many positions per sequence use a dense GEMM
 RESCORE_TOP_K = 1024     # output-projection candidates recomputed exactly per row
+
+
+def act_dtype() -> torch.dtype:
+    """Activation dtype of the PyTorch fallback's int8/int4 products: bfloat16 only where the CPU has it natively."""
+    forced = os.environ.get("TINYGEMMA_BF16")
+    if forced in ("0", "1"):
+        return torch.bfloat16 if forced == "1" else torch.float32
+    return torch.bfloat16 if native_bf16() else torch.float32
 
 
 class Int8Linear(nn.Module):
@@ -43,7 +54,8 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.register_buffer("q", q, persistent=False)             # (N, K) int8
-        self.register_buffer("scales", scales, persistent=False)   # (N,) bfloat16
+        # (N,) stored as bfloat16 values (exact in float32 too), used in the activations' dtype
+        self.register_buffer("scales", scales.to(act_dtype()), persistent=False)
 
     @classmethod
     def from_float(cls, w: torch.Tensor) -> "Int8Linear":
@@ -53,11 +65,11 @@ class Int8Linear(nn.Module):
         return cls(q, scale)
 
     def dequantized(self) -> torch.Tensor:
-        return self.q.to(torch.bfloat16) * self.scales[:, None]
+        return self.q.to(self.scales.dtype) * self.scales[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        x2 = x.reshape(-1, self.in_features).to(self.scales.dtype)
         per_sequence = x.shape[-2] if x.dim() >= 3 else x2.shape[0]    # (B, L, K): L; (M, K): M
         # The int8pack kernel reads rows in blocks of 16 values: other widths give wrong results.
         if per_sequence >= DENSE_MIN_ROWS or self.in_features % 16:
@@ -190,7 +202,7 @@ class Int4Linear(nn.Module):
         super().__init__()
         self.out_features, self.in_features, self.group_size = out_features, in_features, group_size
         self.register_buffer("packed", packed, persistent=False)
-        self.register_buffer("scales_zeros", scales_zeros, persistent=False)   # bfloat16
+        self.register_buffer("scales_zeros", scales_zeros.to(act_dtype()), persistent=False)
 
     @staticmethod
     def supports(in_features: int, group_size: int = GROUP_SIZE) -> bool:
@@ -207,7 +219,7 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        x2 = x.reshape(-1, self.in_features).to(self.scales_zeros.dtype)
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group_size, self.scales_zeros)
         return y[:, :self.out_features].float().reshape(*lead, self.out_features)
 

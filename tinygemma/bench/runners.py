@@ -109,6 +109,12 @@ def _rate(tokens: int, seconds: float) -> dict:
 
 # ---------------------------------------------------------------------------------------------- tinygemma
 
+def kernel_path() -> str:
+    from tinygemma.kernels import describe
+
+    return describe()["kernel_path"]
+
+
 def run_tinygemma(a) -> dict:
     t_import = time.time()
     import torch
@@ -187,6 +193,7 @@ def run_tinygemma(a) -> dict:
         "ready_at": t_ready,
         "rss_after_load_mib": rss_load,
         "versions": {"tinygemma": tinygemma.__version__, "torch": torch.__version__},
+        "kernel_path": kernel_path(),
         "dtype": str(model.dtype).removeprefix("torch."),
         "torch_threads": torch.get_num_threads(),
     })
@@ -308,6 +315,7 @@ def run_llama_cpp(a) -> dict:
         "versions": {"llama_cpp_python": getattr(llama_cpp, "__version__", "?")},
         "context_settings": settings,
         "system_info": info.decode("utf-8", "replace").strip() if isinstance(info, bytes) else str(info),
+        "library": os.environ.get("LLAMA_CPP_LIB_PATH") or "llama_cpp package",
     })
     return out
 

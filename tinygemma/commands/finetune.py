@@ -50,8 +50,11 @@ def build_parser(p):
     p.add_argument("--method", choices=METHODS, default=argparse.SUPPRESS, help="lora (default) or full")
     p.add_argument("--targets", default=argparse.SUPPRESS,
                    help="comma-separated projections that get LoRA (default: all seven of each block)")
+    p.add_argument("--bf16", dest="bf16", action="store_true", default=argparse.SUPPRESS,
+                   help="bfloat16 autocast even where the CPU only emulates bfloat16 (default: only where it has "
+                        "it natively: AVX512_BF16, AMX or ARM BF16)")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", default=argparse.SUPPRESS,
-                   help="train in float32 instead of bfloat16 autocast")
+                   help="train in float32 (the default on CPUs without native bfloat16)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=argparse.SUPPRESS,
                    help="recompute each block in the backward pass (less memory, ~30%% more time)")
     p.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
@@ -76,6 +79,7 @@ def read_yaml(path: str) -> dict:
 
 
 def main(args) -> int:
+    from ..kernels import native_bf16
     from ..train.trainer import Trainer
 
     values = read_yaml(args.config) if args.config else {}
@@ -85,7 +89,9 @@ def main(args) -> int:
     if trainer.dist.main:
         print(f"tinygemma: {len(trainer.train)} training / {len(trainer.held_out)} held-out examples, "
               f"{trainer.total_steps} steps of {trainer.global_batch} examples on {trainer.dist.world} process(es), "
-              f"{sum(p.numel() for p in trainer.params):,} trainable parameters")
+              f"{sum(p.numel() for p in trainer.params):,} trainable parameters, "
+              f"{'bfloat16 autocast' if trainer.bf16 else 'float32'} "
+              f"({'forced' if cfg.bf16 is not None else 'native bfloat16: ' + ('yes' if native_bf16() else 'no')})")
     try:
         summary = trainer.run()
     finally:

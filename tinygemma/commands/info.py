@@ -1,4 +1,5 @@
-"""tinygemma info: architecture, tensor types, parameter counts and file size of a model."""
+"""tinygemma info: architecture, tensor types, parameter counts and file size of a model, and the CPU path the
+fast model runs on here (kernel path, CPU features, native bfloat16)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ def build_parser(p):
 
 
 def describe(path) -> dict:
+    from .. import kernels
     from ..weights import load_weights
     from ..weights.default import default_model_path
 
@@ -31,7 +33,17 @@ def describe(path) -> dict:
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
         "tokenizer": {"vocab_size": w.tokenizer.vocab_size, "bos_id": w.tokenizer.bos_id,
                       "eos_id": w.tokenizer.eos_id, "stop_ids": sorted(w.tokenizer.stop_ids)},
+        "runtime": kernels.describe(),
     }
+
+
+def runtime_line(r: dict) -> str:
+    path = r["kernel_path"]
+    how = ("PyTorch kernels" if path == "pytorch" else
+           f"native {path} kernels" + ("" if r["threaded"] else ", one thread (no OpenMP)"))
+    forced = f", forced by TINYGEMMA_KERNELS={r['forced']}" if r["forced"] else ""
+    return (f"cpu path:      {how}{forced}; CPU {r['cpu']} ({r['machine']}): {' '.join(r['features']) or '-'}; "
+            f"native bfloat16: {'yes' if r['native_bf16'] else 'no'}")
 
 
 def main(args) -> int:
@@ -53,6 +65,7 @@ def main(args) -> int:
         f"rope:          base {cfg['rope_theta']:g} (full) / {cfg['rope_local_base_freq']:g} (sliding)",
         f"context:       {cfg['max_position_embeddings']} tokens; vocabulary {cfg['vocab_size']}",
         "tensor types:  " + ", ".join(f"{k} x{v}" for k, v in sorted(d["tensor_types"].items())),
+        runtime_line(d["runtime"]),
     ]
     print("\n".join(lines))
     return 0

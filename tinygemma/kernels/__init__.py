@@ -1,8 +1,16 @@
-"""Native int8 kernels (q8.c), compiled on first use with the system's C compiler and called via ctypes.
+"""Native int8 kernels in C, compiled on first use with the system's C compiler and called via ctypes.
 
-They need x86-64 with AVX-512 VNNI and a C compiler (gcc or cc). Where either is missing, or with
-TINYGEMMA_KERNELS=0 in the environment, `q8()` returns None and the fast path uses PyTorch's kernels.
-The shared object is cached next to the converted weights (TINYGEMMA_CACHE, default ~/.cache/tinygemma).
+One build per CPU class, chosen at run time from the CPU's features (PATHS, best first):
+- avx512:    x86-64 AVX-512 VNNI (q8_avx512.c)
+- avxvnni:   x86-64 AVX2 + AVX-VNNI, 256-bit VPDPBUSD (q8_simd.c; Intel Alder Lake and later, AMD Zen 5)
+- avx2:      x86-64 AVX2 + FMA (q8_simd.c; most laptops and servers since 2015)
+- neon-i8mm: ARM64 with the dot-product and int8 matrix extensions (q8_simd.c; Apple M2+, recent phones)
+- neon:      ARM64 with the dot-product extension (q8_simd.c; Apple M1, Cortex-A76 and later)
+- scalar:    portable C (q8_ref.c): the reference the tests compare the others against; only when forced
+All builds share one API and one layout of converted weights. TINYGEMMA_KERNELS in the environment forces a
+path by name (e.g. avx2 on an AVX-512 machine), or turns the native kernels off (0): the fast path then uses
+PyTorch's kernels. Where no native path can run, the reason and its cost are printed once on stderr.
+Shared objects are cached under TINYGEMMA_CACHE (default ~/.cache/tinygemma)/kernels, keyed by source and flags.
 """
 
 from __future__ import annotations
@@ -15,59 +23,179 @@ import platform
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("q8.c")
-CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
+HERE = Path(__file__).parent
 # Activation values per scale in the layers' products: 64 costs +0.47% perplexity against float32 on the
 # first 30 chunks of the reference text, 128 +0.78%, 32 +0.33% (and is the slowest).
 BLOCK = 64
-COMPILE_FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma",
-                 "-fopenmp", "-shared", "-fPIC", f"-DBLOCK={BLOCK}"]
+BASE_FLAGS = ["-O3", "-shared", "-fPIC", f"-DBLOCK={BLOCK}"]
+ENV = "TINYGEMMA_KERNELS"
+# What the PyTorch path costs against the native kernels (decode and prefill, docs/performance.md).
+FALLBACK_COST = "about 2-4x slower"
+
+
+@dataclass(frozen=True)
+class KernelPath:
+    name: str
+    source: str                 # file beside this one
+    flags: tuple[str, ...]      # compiler flags for the instruction set
+    machine: str                # "x86_64", "arm64" or "any"
+    needs: tuple[str, ...]      # CPU features (cpu_features() names)
+
+
+PATHS = (
+    KernelPath("avx512", "q8_avx512.c",
+               ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni", "-mfma"), "x86_64",
+               ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")),
+    KernelPath("avxvnni", "q8_simd.c", ("-DTG_AVXVNNI", "-mavx2", "-mfma", "-mf16c", "-mavxvnni"), "x86_64",
+               ("avx2", "fma", "f16c", "avx_vnni")),
+    KernelPath("avx2", "q8_simd.c", ("-DTG_AVX2", "-mavx2", "-mfma", "-mf16c"), "x86_64", ("avx2", "fma", "f16c")),
+    KernelPath("neon-i8mm", "q8_simd.c", ("-DTG_NEON", "-DTG_I8MM", "-march=armv8.2-a+dotprod+i8mm"), "arm64",
+               ("asimddp", "i8mm")),
+    KernelPath("neon", "q8_simd.c", ("-DTG_NEON", "-march=armv8.2-a+dotprod"), "arm64", ("asimddp",)),
+    KernelPath("scalar", "q8_ref.c", (), "any", ()),
+)
+BY_NAME = {p.name: p for p in PATHS}
+OFF = ("0", "off", "torch", "none")
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("TINYGEMMA_CACHE", Path.home() / ".cache" / "tinygemma")) / "kernels"
 
 
-def cpu_supported() -> bool:
-    if platform.machine() not in ("x86_64", "AMD64") or not sys.platform.startswith("linux"):
-        return False
+def machine() -> str:
+    m = platform.machine().lower()
+    return {"amd64": "x86_64", "x64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(m, m)
+
+
+# macOS names (sysctl hw.optional.arm.FEAT_*, machdep.cpu.*features) -> the Linux /proc/cpuinfo names used here.
+_MAC_ARM = {"FEAT_DotProd": "asimddp", "FEAT_I8MM": "i8mm", "FEAT_BF16": "bf16"}
+_MAC_X86 = {"avx512vnni": "avx512_vnni", "avx512bf16": "avx512_bf16", "avxvnni": "avx_vnni", "avx2": "avx2",
+            "fma": "fma", "f16c": "f16c", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512vl": "avx512vl",
+            "avx512dq": "avx512dq"}
+
+
+@functools.cache
+def cpu_features() -> frozenset[str]:
+    """The CPU's feature flags in Linux /proc/cpuinfo spelling (empty where they cannot be read)."""
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    key = line.split(":", 1)[0].strip().lower()
+                    if key in ("flags", "features"):
+                        return frozenset(line.split(":", 1)[1].split())
+        except OSError:
+            pass
+        return frozenset()
+    if sys.platform == "darwin":
+        found = set()
+        if machine() == "arm64":
+            for feat, name in _MAC_ARM.items():
+                if _sysctl(f"hw.optional.arm.{feat}") == "1":
+                    found.add(name)
+        else:
+            for key in ("machdep.cpu.features", "machdep.cpu.leaf7_features"):
+                found |= {_MAC_X86[w] for w in _sysctl(key).lower().replace(".", "").split() if w in _MAC_X86}
+        return frozenset(found)
+    return frozenset()
+
+
+def _sysctl(key: str) -> str:
     try:
-        flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo")
-                      if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return all(f in flags for f in CPU_FLAGS)
+        return subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
-def build(out_dir: Path) -> Path:
-    """Compile q8.c into out_dir (atomically) and return the shared object's path."""
-    compiler = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
-    if compiler is None:
-        raise RuntimeError("no C compiler (gcc or cc) on PATH")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(COMPILE_FLAGS).encode()).hexdigest()[:16]
-    target = out_dir / f"q8-{key}.so"
-    if target.exists():
-        return target
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
-    result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True,
-                            text=True)
-    if result.returncode:
-        raise RuntimeError(f"compiling {SOURCE.name} failed: {result.stderr.strip().splitlines()[-1:]}")
-    os.replace(tmp, target)
-    return target
+@functools.cache
+def cpu_model() -> str:
+    if sys.platform.startswith("linux"):
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.split(":", 1)[0].strip() in ("model name", "Model", "Hardware"):
+                        return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+    elif sys.platform == "darwin":
+        return _sysctl("machdep.cpu.brand_string") or platform.processor()
+    return platform.processor() or machine()
+
+
+def native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX512_BF16, AMX or ARM BF16): else PyTorch emulates it,
+    and bfloat16 matrix products cost many times their float32 ones."""
+    return bool(cpu_features() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def runnable(path: KernelPath) -> bool:
+    """Whether this CPU can run the path's instructions."""
+    return path.machine in ("any", machine()) and all(f in cpu_features() for f in path.needs)
+
+
+def best_path() -> KernelPath | None:
+    """The fastest path this CPU runs (the scalar one is never chosen on its own: PyTorch beats it)."""
+    return next((p for p in PATHS if p.name != "scalar" and runnable(p)), None)
+
+
+def _compilers() -> list[str]:
+    names = [os.environ["CC"]] if os.environ.get("CC") else []
+    return [c for c in dict.fromkeys(filter(None, (shutil.which(n) for n in names + ["cc", "gcc", "clang"])))]
+
+
+def _openmp_variants() -> list[list[str]]:
+    """OpenMP flags to try, best first; the last, none, builds single-threaded kernels (Apple's clang has no
+    OpenMP of its own: Homebrew's libomp is used where it is installed)."""
+    variants = [["-fopenmp"]]
+    if sys.platform == "darwin":
+        for prefix in ("/opt/homebrew/opt/libomp", "/usr/local/opt/libomp"):
+            if Path(prefix).is_dir():
+                variants.append(["-Xpreprocessor", "-fopenmp", f"-I{prefix}/include", f"-L{prefix}/lib", "-lomp"])
+    return variants + [[]]
+
+
+def build(path: KernelPath, out_dir: Path) -> tuple[Path, bool]:
+    """Compile a kernel path into out_dir (atomically); returns (shared object, whether it uses OpenMP)."""
+    compilers = _compilers()
+    if not compilers:
+        raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
+    source = HERE / path.source
+    text = source.read_bytes()
+    errors = []
+    for compiler in compilers:
+        for omp in _openmp_variants():
+            flags = [*BASE_FLAGS, *path.flags, *omp]
+            key = hashlib.sha256(text + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
+            target = out_dir / f"q8-{path.name}-{key}.so"
+            if target.exists():
+                return target, bool(omp)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(f".tmp{os.getpid()}")
+            try:
+                result = subprocess.run([compiler, *flags, "-o", str(tmp), str(source)], capture_output=True,
+                                        text=True, timeout=300)
+            except (OSError, subprocess.SubprocessError) as e:
+                errors.append(f"{Path(compiler).name}: {e}")
+                continue
+            if result.returncode == 0:
+                os.replace(tmp, target)
+                return target, bool(omp)
+            tmp.unlink(missing_ok=True)
+            errors.append(f"{Path(compiler).name}: {(result.stderr.strip().splitlines() or ['failed'])[-1]}")
+    raise RuntimeError(f"compiling {source.name} for {path.name} failed ({errors[-1]})")
 
 
 class Q8:
-    """ctypes bindings of q8.c."""
+    """ctypes bindings of one kernel build: `path` names its CPU class, `threaded` whether it uses OpenMP."""
 
-    def __init__(self, path: Path):
-        lib = ctypes.CDLL(str(path))
+    def __init__(self, so: Path, path: KernelPath = BY_NAME["avx512"], threaded: bool = True):
+        self.path, self.threaded = path, threaded
+        lib = ctypes.CDLL(str(so))
         p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
         lib.tg_quantize.argtypes = [p, i64, i64, p, p]
         lib.tg_quantize_rows.argtypes = [p, i64, i64, p, f32, p, p, p]
@@ -204,13 +332,64 @@ def unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
     return packed.reshape(-1, k // 64, TILE, 64).transpose(1, 2).reshape(-1, k)[:n]
 
 
+def load(name: str) -> Q8:
+    """The kernels of one path by name, compiled if needed (RuntimeError where this CPU or compiler can't)."""
+    path = BY_NAME[name]
+    if not runnable(path):
+        missing = [f for f in path.needs if f not in cpu_features()]
+        raise RuntimeError(f"this CPU ({machine()}) cannot run the {name} kernels"
+                           + (f" (no {', '.join(missing)})" if missing and path.machine == machine() else ""))
+    return _load(path)
+
+
+@functools.cache
+def _load(path: KernelPath) -> Q8:
+    so, threaded = build(path, cache_dir())
+    return Q8(so, path, threaded)
+
+
+def _say(message: str) -> None:
+    print(f"tinygemma: {message}", file=sys.stderr)
+
+
 @functools.cache
 def q8() -> Q8 | None:
-    """The compiled kernels, or None where they cannot run here (reason on stderr once)."""
-    if os.environ.get("TINYGEMMA_KERNELS", "1") == "0" or not cpu_supported():
+    """The kernels of the best path for this CPU (or the one TINYGEMMA_KERNELS names), or None where no native
+    path can run here: the reason and its cost go to stderr once."""
+    wanted = os.environ.get(ENV, "auto").strip().lower() or "auto"
+    if wanted in OFF:
+        return None
+    path = BY_NAME.get(wanted)
+    if path is None and wanted != "auto":
+        _say(f"{ENV}={wanted} is not a kernel path ({', '.join(BY_NAME)}, 0 or auto): "
+             f"using {getattr(best_path(), 'name', 'the PyTorch path')}")
+    elif path is not None and not runnable(path):
+        missing = [f for f in path.needs if f not in cpu_features()]
+        why = f"no {', '.join(missing)}" if path.machine == machine() else f"not an {path.machine} CPU"
+        _say(f"{ENV}={wanted}: this CPU cannot run it ({why}): using {getattr(best_path(), 'name', 'the PyTorch path')}")
+        path = None
+    path = path or best_path()
+    if path is None:
+        _say(f"this CPU ({cpu_model()}, {machine()}) has none of the instruction sets of the native kernels "
+             f"(AVX2, ARM dot product): using the PyTorch path, {FALLBACK_COST}")
         return None
     try:
-        return Q8(build(cache_dir()))
+        kernels = _load(path)
     except (RuntimeError, OSError) as e:
-        print(f"tinygemma: native kernels unavailable ({e}); using PyTorch kernels", file=sys.stderr)
+        _say(f"{e}: using the PyTorch path, {FALLBACK_COST}")
         return None
+    if not kernels.threaded:
+        _say(f"the {path.name} kernels were compiled without OpenMP (none found for the compiler): one thread")
+    return kernels
+
+
+def describe() -> dict:
+    """What the fast path runs on here: the kernel path, the CPU and its relevant features (for info/bench)."""
+    kernels = q8()
+    forced = os.environ.get(ENV, "").strip().lower()
+    relevant = sorted(cpu_features() & {f for p in PATHS for f in p.needs} | (cpu_features() & {
+        "avx512_bf16", "amx_bf16", "amx_int8", "bf16"}))
+    return {"kernel_path": kernels.path.name if kernels else "pytorch",
+            "threaded": bool(kernels and kernels.threaded),
+            "cpu": cpu_model(), "machine": machine(), "features": relevant, "native_bf16": native_bf16(),
+            "forced": forced if forced in OFF or (kernels and kernels.path.name == forced) else None}
