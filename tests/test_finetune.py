@@ -254,6 +254,21 @@ def test_data_parallel_equals_single_process(files, tmp_path, method):
     assert summary["world_size"] == 2
 
 
+def test_precision_follows_the_cpu_unless_forced(files, tmp_path, capsys):
+    """bfloat16 autocast only where the CPU has native bfloat16 (emulated, it costs ~30x float32); the CLI
+    flags force either, and the choice is printed and recorded."""
+    from tinygemma.kernels import native_bf16
+
+    auto = Trainer(tiny_cfg(files, tmp_path / "auto", steps=1, bf16=None))
+    assert auto.bf16 == native_bf16()
+    assert auto.run()["precision"] == ("bfloat16 autocast" if native_bf16() else "float32")
+    for flag, text in (("--bf16", "bfloat16 autocast (forced)"), ("--no-bf16", "float32 (forced)")):
+        assert cli.main(["finetune", "--data", str(files / "pc.jsonl"), "--model", str(files / "tiny.gguf"),
+                         "--out", str(tmp_path / flag), "--steps", "1", "--batch-size", "4", "--eval-every", "0",
+                         "--no-progress", flag]) == 0
+        assert text in capsys.readouterr().out
+
+
 def test_cli_finetune_yaml_flags_and_classify(files, tmp_path, capsys):
     out = tmp_path / "run"
     (tmp_path / "cfg.yaml").write_text(f"data: {files / 'cls.jsonl'}\ntask: classify-head\nsteps: 2\n"
