@@ -218,3 +218,50 @@ def test_fallback_activations_in_float32_or_bfloat16(monkeypatch, forced, dtype)
         torch.testing.assert_close(got, ref, rtol=0.02, atol=0.02 * ref.abs().max().item())
         ref4 = x @ w.T
         torch.testing.assert_close(head(x), ref4, rtol=0.1, atol=0.1 * ref4.abs().max().item())
+
+
+@pytest.mark.parametrize("name", NATIVE)
+def test_fused_decode_step_equals_the_module_path_bit_for_bit(name):
+    """The one-call decode step (kernels/decode.c) against the same model run module by module: identical
+    logits and caches, for a single stream and for separate sequences (RowCaches), past the sliding window."""
+    from tinygemma.cache import RowCaches
+
+    cfg = NATIVE_SIZES
+    model = fast.build_fast_model(cfg, random_tensors(cfg, seed=5), load_kernels(name))
+    assert all(layer.decode is not None for layer in model.layers)
+    fused_calls = []
+    kernels = model.layers[0].decode[0]
+    original = kernels.decode_layer
+
+    def counting(*args, **kw):
+        fused_calls.append(1)
+        return original(*args, **kw)
+
+    def run(fused: bool, prompts: list[list[int]], steps: int) -> list[torch.Tensor]:
+        for layer, d in zip(model.layers, saved):
+            layer.decode = d if fused else None
+        caches = [make_cache(cfg, 1, model.dtype, 4) for _ in prompts]
+        out = [torch.cat([model(torch.tensor([p]), cache=c, last_only=True)[0] for p, c in zip(prompts, caches)])]
+        tokens = out[-1].argmax(-1)
+        for _ in range(steps):
+            if len(prompts) == 1:
+                logits = model(tokens[:, None], cache=caches[0])[:, -1]
+            else:
+                pos = torch.tensor([[c[0].offset] for c in caches])
+                logits = model(tokens[:, None], pos, RowCaches(caches))[:, -1]
+            out.append(logits)
+            tokens = logits.argmax(-1)
+        return out + [c.k for row in caches for c in row]
+
+    saved = [layer.decode for layer in model.layers]
+    with torch.inference_mode():
+        for prompts in ([ids_for(cfg, 5)], [ids_for(cfg, n, seed=n) for n in (3, 9, 14)]):
+            kernels.decode_layer = counting
+            fused = run(True, prompts, cfg.sliding_window + 4)
+            kernels.decode_layer = original
+            assert fused_calls, "the fused step did not run"
+            fused_calls.clear()
+            plain = run(False, prompts, cfg.sliding_window + 4)
+            assert len(fused) == len(plain)
+            for a, b in zip(fused, plain):
+                assert torch.equal(a, b)

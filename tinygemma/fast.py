@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import Gemma3Config
 from .model import Gemma3Model, empty_model
-from .kernels import BLOCK, Q8
+from .kernels import BLOCK, Q8, DecodeLayer
 from .quant import (GROUP_SIZE, FrozenRMSNorm, Int4Linear, Int8Embedding, Int8Linear, NativeInt8Linear,
                     NormQuantize, Q8Table, RescoredHead, TiedHead)
 
@@ -130,10 +130,30 @@ def assemble(config: Gemma3Config, buffers: dict[str, torch.Tensor], kernels: Q8
         for layer in model.layers:
             layer.self_attn.attend_one = kernels.attend
             layer.self_attn.attend_rows = kernels.attend_rows
+            layer.decode = fused_decode(config, layer, kernels)
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:
         raise RuntimeError(f"fast model: no value for {leftover[0]}")
     return model.eval()
+
+
+def fused_decode(config: Gemma3Config, block, kernels: Q8):
+    """(kernels, DecodeLayer) for a block whose every piece runs on the native kernels, else None."""
+    attn, mlp = block.self_attn, block.mlp
+    native = all(isinstance(m, NativeInt8Linear) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj,
+                                                            mlp.down_proj))
+    norms = all(isinstance(m, NormQuantize) for m in (block.input_layernorm, block.pre_feedforward_layernorm))
+    frozen = all(isinstance(m, FrozenRMSNorm) and m.kernels is not None
+                 for m in (attn.q_norm, attn.k_norm, block.post_attention_layernorm, block.post_feedforward_layernorm))
+    if not (native and norms and frozen) or attn.softcap is not None or config.head_dim % 2:
+        return None
+    tensors = [block.input_layernorm.gain, attn.qkv_proj.q, attn.qkv_proj.scales, attn.q_norm.gain, attn.k_norm.gain,
+               attn.o_proj.q, attn.o_proj.scales, block.post_attention_layernorm.gain, block.pre_feedforward_layernorm.gain,
+               mlp.gate_up_proj.q, mlp.gate_up_proj.scales, mlp.down_proj.q, mlp.down_proj.scales,
+               block.post_feedforward_layernorm.gain]
+    dims = [config.hidden_size, attn.n_heads, attn.n_kv, attn.head_dim, config.intermediate_size,
+            attn.window if attn.sliding else 0]
+    return kernels, DecodeLayer(tensors, dims, config.rms_norm_eps, attn.scale)
 
 
 def config_rows(config: Gemma3Config, part: str) -> int:

@@ -215,13 +215,33 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps)
         self.pre_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
         self.post_feedforward_layernorm = RMSNorm(cfg.hidden_size, eps)
+        self.decode = None      # the fast path's whole decode step in one native call: (kernels, DecodeLayer)
 
     def forward(self, x, ropes, positions, cache, masks):
         cos, sin = ropes[self.sliding]
+        rows = decode_rows(self, x, cache)
+        if rows is not None:
+            # One new token per sequence, each with its own float32 cache: one native call does what the
+            # modules below do, in the same order with the same kernels (bit for bit the same result).
+            kernels, layer = self.decode
+            kernels.decode_layer(x.view(x.shape[0], -1), layer, rows, positions[:, 0], cos[:, 0], sin[:, 0])
+            return x
         h = self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, masks)
         x = add_normed(x, self.post_attention_layernorm, h)
         h = self.mlp(self.pre_feedforward_layernorm(x))
         return add_normed(x, self.post_feedforward_layernorm, h)
+
+
+def decode_rows(block: Block, x: torch.Tensor, cache) -> list | None:
+    """The per-row caches for block.decode, or None where the fused decode step does not apply (not a
+    one-token step, gradients, a shared multi-row cache, non-float32 tensors)."""
+    if block.decode is None or x.shape[1] != 1 or cache is None or x.dtype != torch.float32 \
+            or not x.is_contiguous() or torch.is_grad_enabled():
+        return None
+    rows = cache if isinstance(cache, LayerRows) else [cache]
+    if any(c.k.shape[0] != 1 or c.k.dtype != torch.float32 for c in rows):
+        return None
+    return rows
 
 
 def add_normed(x: torch.Tensor, norm: nn.Module, h: torch.Tensor) -> torch.Tensor:

@@ -165,7 +165,7 @@ def build(path: KernelPath, out_dir: Path) -> tuple[Path, bool]:
     if not compilers:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
     source = HERE / path.source
-    text = source.read_bytes()
+    text = source.read_bytes() + (HERE / "decode.c").read_bytes()      # every build includes decode.c
     errors = []
     for compiler in compilers:
         for omp in _openmp_variants():
@@ -205,6 +205,8 @@ class Q8:
         lib.tg_rmsnorm.argtypes = [p, i64, i64, p, f32, i32, p]
         lib.tg_attend.argtypes = [p, i64, i64, i64, i64, p, p, i64, i64, i64, i64, p, i64, p, i64, f32, p]
         lib.tg_attend_rows.argtypes = [p, p, p, p, i64, i64, i64, i64, p, p, p, p, p, p, i64, f32, p]
+        lib.tg_decode_layer.argtypes = [p, i64, p, p, p, p, p, p, p, p, p, p]
+        lib.tg_decode_layer.restype = ctypes.c_int
         for fn in (lib.tg_quantize, lib.tg_quantize_rows, lib.tg_quantize_geglu, lib.tg_matmul_rows,
                    lib.tg_matmul_q8_0, lib.tg_rmsnorm, lib.tg_attend, lib.tg_attend_rows):
             fn.restype = None
@@ -268,17 +270,25 @@ class Q8:
         KVCache or RingKVCache): row b's new key and value (k, v: (B, Hkv, D)) are written to its cache at
         position q_pos[b], then its query (q: (B, H, D)) attends over it. Returns (B, H, D)."""
         b, h, d = q.shape
-        table = []
-        for cache in caches:
-            slot, n = cache.claim_one()      # may grow the buffers: addresses after it
-            table.append((cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), slot, n, cache.k.stride(1)))
-        kc, vc, pc, slots, lengths, head_strides = torch.tensor(table, dtype=torch.int64).T.contiguous()
+        kc, vc, pc, slots, lengths, head_strides = claim_slots(caches)
         q, k, v, q_pos = q.contiguous(), k.contiguous(), v.contiguous(), q_pos.contiguous()
         out = torch.empty(b, h, d)
         self.lib.tg_attend_rows(q.data_ptr(), k.data_ptr(), v.data_ptr(), q_pos.data_ptr(), b, h, k.shape[1], d,
                                 kc.data_ptr(), vc.data_ptr(), pc.data_ptr(), slots.data_ptr(), lengths.data_ptr(),
                                 head_strides.data_ptr(), window or 0, scale, out.data_ptr())
         return out
+
+    def decode_layer(self, x: torch.Tensor, layer: "DecodeLayer", caches: list, q_pos: torch.Tensor,
+                     cos: torch.Tensor, sin: torch.Tensor) -> None:
+        """One block's decode step for B sequences in one call (decode.c): x (B, hidden) float32, contiguous,
+        updated in place; each row's key and value go to its own cache (as attend_rows); cos, sin (B, D)."""
+        tables = claim_slots(caches)
+        cos, sin, q_pos = cos.contiguous(), sin.contiguous(), q_pos.contiguous()
+        ptrs = layer.pointers(cos, sin)
+        if self.lib.tg_decode_layer(x.data_ptr(), x.shape[0], ptrs.data_ptr(), layer.dims.data_ptr(),
+                                    layer.scalars.data_ptr(), *(t.data_ptr() for t in tables),
+                                    q_pos.data_ptr()):
+            raise MemoryError("decode_layer: out of memory for its scratch buffers")
 
     def matmul_rows(self, x: tuple[torch.Tensor, torch.Tensor, torch.Tensor], w: torch.Tensor, ws: torch.Tensor,
                     n: int) -> torch.Tensor:
@@ -299,6 +309,31 @@ class Q8:
         self.lib.tg_matmul_q8_0(xq.data_ptr(), xs.data_ptr(), m, k, w.data_ptr(), ws.data_ptr(), n, out.data_ptr(),
                                 n)
         return out
+
+
+def claim_slots(caches: list) -> list[torch.Tensor]:
+    """For a native decode step over per-row caches (batch 1 each, float32): claim one slot in each (which may
+    grow its buffers: addresses are read after) and return the kernels' tables: key, value and position buffer
+    addresses, slots, lengths to attend over, head strides (each (B,) int64)."""
+    table = []
+    for cache in caches:
+        slot, n = cache.claim_one()
+        table.append((cache.k.data_ptr(), cache.v.data_ptr(), cache.pos.data_ptr(), slot, n, cache.k.stride(1)))
+    return list(torch.tensor(table, dtype=torch.int64).T.contiguous())
+
+
+class DecodeLayer:
+    """What decode_layer needs of one block of the native fast model: its tensors' addresses (the tensors are
+    kept referenced here) and sizes."""
+
+    def __init__(self, tensors: list[torch.Tensor], dims: list[int], eps: float, scale: float):
+        self.tensors = [t.contiguous() for t in tensors]        # in decode.c's P_* order, without cos/sin
+        self.addresses = [t.data_ptr() for t in self.tensors]
+        self.dims = torch.tensor(dims, dtype=torch.int64)        # decode.c's D_* order
+        self.scalars = torch.tensor([eps, scale], dtype=torch.float32)
+
+    def pointers(self, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(self.addresses + [cos.data_ptr(), sin.data_ptr()], dtype=torch.int64)
 
 
 TILE = 4        # weight rows per tile

@@ -387,3 +387,5 @@ void tg_matmul_q8_0(const uint8_t *xq, const float *xs, int64_t M, int64_t K, co
     Product p = {xq, xs, 0, K, ldy, y};
     matmul(&p, 1, M, w, ws, N);
 }
+
+#include "decode.c"

@@ -190,3 +190,5 @@ void TG(matmul_q8_0)(const uint8_t *xq, const float *xs, int64_t M, int64_t K, c
         }
     }
 }
+
+#include "decode.c"

@@ -69,6 +69,20 @@ static inline vi rows_dot(vi acc, const RowsW *w, const int8_t *x) {
     acc = sdot(acc, ld(*w), ld(*w + 32), ld(x));
     return sdot(acc, ld(*w + 64), ld(*w + 96), ld(x + 32));
 }
+// One row of x (decode): expanding would cost more than it saves; the weights are converted in registers.
+typedef struct { __m256i abs[2], sgn[2]; } RowsW1;
+static inline RowsW1 rows_prep1(const uint8_t *w) {
+    RowsW1 r;
+    for (int u = 0; u < 2; u++) {
+        r.sgn[u] = _mm256_xor_si256(ld(w + 32 * u), BIAS);
+        r.abs[u] = _mm256_abs_epi8(r.sgn[u]);
+    }
+    return r;
+}
+static inline vi rows_dot1(vi acc, const RowsW1 *w, const int8_t *x) {
+    acc = sdot(acc, w->abs[0], w->sgn[0], ld(x));
+    return sdot(acc, w->abs[1], w->sgn[1], ld(x + 32));
+}
 typedef struct { __m256i abs, sgn; } QW;
 typedef __m256i QX;
 static inline QW q8_0_prep(const int8_t *w) {
@@ -359,8 +373,8 @@ typedef struct {
 } Product;
 
 // Layers: a tile of 4 rows of W with one scale each (sp) against rows m0..m0+MB of x.
-#define DEFINE_ROWS_TILE(MB)                                                                            \
-static inline void rows_tile_##MB(const Product *p, const uint8_t *wp, const float *sp, int64_t m0,       \
+#define DEFINE_ROWS_TILE(MB, NAME, W, PREP, DOT, EXPAND)                                                                            \
+static inline void NAME(const Product *p, const uint8_t *wp, const float *sp, int64_t m0,       \
                                   float *y, int rows) {                                                   \
     const int8_t *xq = (const int8_t *)p->xq;                                                             \
     const int64_t K = p->K, blocks = K / BLOCK;                                                           \
@@ -372,8 +386,8 @@ static inline void rows_tile_##MB(const Product *p, const uint8_t *wp, const flo
             vi d[MB];                                                                                     \
             for (int j = 0; j < MB; j++) d[j] = (vi){0};                                                  \
             for (int u = 0; u < CPB; u++) {                                                               \
-                const RowsW w = rows_prep(wp + ((b * CPB + u) * TILE_N + i) * CHUNK * ROWS_EXPAND);       \
-                for (int j = 0; j < MB; j++) d[j] = rows_dot(d[j], &w, xq + (m0 + j) * K + b * BLOCK + u * CHUNK); \
+                const W w = PREP(wp + ((b * CPB + u) * TILE_N + i) * CHUNK * EXPAND);                  \
+                for (int j = 0; j < MB; j++) d[j] = DOT(d[j], &w, xq + (m0 + j) * K + b * BLOCK + u * CHUNK); \
             }                                                                                             \
             for (int j = 0; j < MB; j++)                                                                  \
                 acc[i][j] += __builtin_convertvector(d[j], vf) * p->xs[(m0 + j) * blocks + b];            \
@@ -415,7 +429,11 @@ static inline void q8_0_tile_##MB(const Product *p, const int8_t *wp, const floa
         for (int i = 0; i < rows; i++) y[(m0 + j) * p->ldy + i] = hsum(acc[i][j]);                        \
 }
 
-DEFINE_ROWS_TILE(4) DEFINE_ROWS_TILE(3) DEFINE_ROWS_TILE(2) DEFINE_ROWS_TILE(1)
+#define ROWS_TILE(MB) DEFINE_ROWS_TILE(MB, rows_tile_##MB, RowsW, rows_prep, rows_dot, ROWS_EXPAND)
+ROWS_TILE(4) ROWS_TILE(3) ROWS_TILE(2) ROWS_TILE(1)
+#if ROWS_EXPAND > 1
+DEFINE_ROWS_TILE(1, rows_tile_direct, RowsW1, rows_prep1, rows_dot1, 1)
+#endif
 DEFINE_Q8_0_TILE(4) DEFINE_Q8_0_TILE(3) DEFINE_Q8_0_TILE(2) DEFINE_Q8_0_TILE(1)
 
 // All rows of x against one weight tile, MB_MAX at a time.
@@ -436,6 +454,10 @@ static inline void tile_column(const Product *p, int q8_0, const void *wp, const
         }
     } else {
 #if ROWS_EXPAND > 1
+        if (rows == 1) {
+            rows_tile_direct(p, wp, sp, m, y, n);
+            return;
+        }
         uint8_t expanded[ROWS_EXPAND * TILE_N * p->K];
         rows_expand(wp, TILE_N * p->K, expanded);
         wp = expanded;
@@ -480,3 +502,5 @@ void TG(matmul_q8_0)(const uint8_t *xq, const float *xs, int64_t M, int64_t K, c
     Product p = {xq, xs, 0, K, ldy, y};
     matmul(&p, 1, M, w, ws, N);
 }
+
+#include "decode.c"
