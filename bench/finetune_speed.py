@@ -24,8 +24,8 @@ SETTINGS = {
     "bf16": {"bf16": True},
     "bf16+checkpointing": {"bf16": True, "gradient_checkpointing": True},
     "fp32": {"bf16": False},
-    "bf16, LoRA on the last 6 blocks": {"bf16": True, "lora_layers": 6},
-    "fp32, LoRA on the last 6 blocks": {"bf16": False, "lora_layers": 6},
+    "bf16 lora-layers 6": {"bf16": True, "lora_layers": 6},
+    "fp32 lora-layers 6": {"bf16": False, "lora_layers": 6},
 }
 
 

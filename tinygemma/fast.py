@@ -138,7 +138,10 @@ def assemble(config: Gemma3Config, buffers: dict[str, torch.Tensor], kernels: Q8
 
 
 def fused_decode(config: Gemma3Config, block, kernels: Q8):
-    """(kernels, DecodeLayer) for a block whose every piece runs on the native kernels, else None."""
+    """(kernels, DecodeLayer) for a block whose every piece runs on the native kernels, else None
+    (TINYGEMMA_FUSED_DECODE=0: never, the module-by-module path, for comparisons)."""
+    if os.environ.get("TINYGEMMA_FUSED_DECODE") == "0":
+        return None
     attn, mlp = block.self_attn, block.mlp
     native = all(isinstance(m, NativeInt8Linear) for m in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj,
                                                             mlp.down_proj))
