@@ -165,7 +165,8 @@ def build(path: KernelPath, out_dir: Path) -> tuple[Path, bool]:
     if not compilers:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
     source = HERE / path.source
-    text = source.read_bytes() + (HERE / "decode.c").read_bytes()      # every build includes decode.c
+    # The key covers the files the build includes too (attention.c, matmul.c, decode.c).
+    text = b"".join(f.read_bytes() for f in [source, *sorted(HERE.glob("*.c"))])
     errors = []
     for compiler in compilers:
         for omp in _openmp_variants():

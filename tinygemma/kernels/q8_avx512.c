@@ -137,46 +137,7 @@ static void attend_head(const float *qr, const float *kb, const float *vb, const
     for (int64_t d = 0; d < D; d++) o[d] /= total;
 }
 
-// Attention of one query per sequence for B sequences sharing one cache tensor: q (B, H, D) contiguous; k, v
-// with element strides sb, sh, ss (batch, head, slot); kpos (B, S) with row stride kpos_stride; qpos (B,).
-// Query head h uses K/V head h / (H / Hkv). window <= 0: no window. out (B, H, D).
-void tg_attend(const float *q, int64_t B, int64_t H, int64_t Hkv, int64_t D, const float *k, const float *v,
-               int64_t S, int64_t sb, int64_t sh, int64_t ss, const int64_t *kpos, int64_t kpos_stride,
-               const int64_t *qpos, int64_t window, float scale, float *out) {
-#pragma omp parallel for schedule(static) if (B * H * S >= 4096)
-    for (int64_t bh = 0; bh < B * H; bh++) {
-        const int64_t b = bh / H, h = bh % H, g = h / (H / Hkv);
-        attend_head(q + bh * D, k + b * sb + g * sh, v + b * sb + g * sh, kpos + b * kpos_stride, S, ss, D,
-                    qpos[b], window, scale, out + bh * D);
-    }
-}
-
-// The engine's decode step: B sequences, each with its own cache (one layer's K, V (Hkv, capacity, D) and
-// positions (capacity,), contiguous, addresses in kc, vc, pc; head stride sh[b] = capacity * D). Row b's new
-// key and value (knew, vnew: (B, Hkv, D)) go to slot[b] with position qpos[b], then its H query heads attend
-// over its first S[b] slots. One call per layer instead of a cache write and a kernel call per row.
-void tg_attend_rows(const float *q, const float *knew, const float *vnew, const int64_t *qpos, int64_t B,
-                    int64_t H, int64_t Hkv, int64_t D, const int64_t *kc, const int64_t *vc, const int64_t *pc,
-                    const int64_t *slot, const int64_t *S, const int64_t *sh, int64_t window, float scale,
-                    float *out) {
-    int64_t work = 0;
-    for (int64_t b = 0; b < B; b++) {
-        float *kb = (float *)kc[b], *vb = (float *)vc[b];
-        for (int64_t g = 0; g < Hkv; g++)
-            for (int64_t d = 0; d < D; d++) {
-                kb[g * sh[b] + slot[b] * D + d] = knew[(b * Hkv + g) * D + d];
-                vb[g * sh[b] + slot[b] * D + d] = vnew[(b * Hkv + g) * D + d];
-            }
-        ((int64_t *)pc[b])[slot[b]] = qpos[b];
-        work += H * S[b];
-    }
-#pragma omp parallel for schedule(dynamic, 4) if (work >= 4096)
-    for (int64_t bh = 0; bh < B * H; bh++) {
-        const int64_t b = bh / H, h = bh % H, g = h / (H / Hkv);
-        attend_head(q + bh * D, (const float *)kc[b] + g * sh[b], (const float *)vc[b] + g * sh[b],
-                    (const int64_t *)pc[b], S[b], D, D, qpos[b], window, scale, out + bh * D);
-    }
-}
+#include "attention.c"
 
 // Layers: one row of K values (K % BLOCK == 0) -> int8 per BLOCK values (xs: scales), xc = 128 * sum over
 // blocks of scale * sum(q): the uint8 weight offset's contribution, removed after the dot products.
@@ -356,36 +317,5 @@ static inline void tile_column(const Product *p, int q8_0, const void *wp, const
     }
 }
 
-// Rows of x go in blocks of ROWS_PER_PASS, so a block's activations stay in L2 while the threads share W.
-#define ROWS_PER_PASS 64
-static void matmul(const Product *p, int q8_0, int64_t M, const void *w, const float *ws, int64_t N) {
-    const int64_t tiles = (N + TILE_N - 1) / TILE_N;
-    const int64_t scales_per_tile = q8_0 ? TILE_N * p->K / 32 : TILE_N;
-    for (int64_t m0 = 0; m0 < M; m0 += ROWS_PER_PASS) {
-        const int64_t rows = M - m0 < ROWS_PER_PASS ? M - m0 : ROWS_PER_PASS;
-#pragma omp parallel for schedule(static)
-        for (int64_t t = 0; t < tiles; t++) {
-            const int n = N - t * TILE_N < TILE_N ? (int)(N - t * TILE_N) : TILE_N;
-            tile_column(p, q8_0, (const int8_t *)w + t * TILE_N * p->K, ws + t * scales_per_tile, m0, rows,
-                        p->y + t * TILE_N, n);
-        }
-    }
-}
-
-// y (M, N), row stride ldy = x @ W.T for a layer: x from tg_quantize_rows, W uint8 packed (N rounded up
-// to 4 rows), ws one scale per (padded) row.
-void tg_matmul_rows(const int8_t *xq, const float *xs, const float *xc, int64_t M, int64_t K, const uint8_t *w,
-                    const float *ws, int64_t N, float *y, int64_t ldy) {
-    Product p = {xq, xs, xc, K, ldy, y};
-    matmul(&p, 0, M, w, ws, N);
-}
-
-// y (M, N), row stride ldy = x @ W.T for the Q8_0 table: x from tg_quantize, W int8 packed, ws its packed
-// block scales.
-void tg_matmul_q8_0(const uint8_t *xq, const float *xs, int64_t M, int64_t K, const int8_t *w, const float *ws,
-                    int64_t N, float *y, int64_t ldy) {
-    Product p = {xq, xs, 0, K, ldy, y};
-    matmul(&p, 1, M, w, ws, N);
-}
-
+#include "matmul.c"
 #include "decode.c"

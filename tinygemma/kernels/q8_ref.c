@@ -82,34 +82,7 @@ static void attend_head(const float *qr, const float *kb, const float *vb, const
     for (int64_t d = 0; d < D; d++) o[d] /= total;
 }
 
-void TG(attend)(const float *q, int64_t B, int64_t H, int64_t Hkv, int64_t D, const float *k, const float *v,
-                int64_t S, int64_t sb, int64_t sh, int64_t ss, const int64_t *kpos, int64_t kpos_stride,
-                const int64_t *qpos, int64_t window, float scale, float *out) {
-    for (int64_t bh = 0; bh < B * H; bh++) {
-        const int64_t b = bh / H, h = bh % H, g = h / (H / Hkv);
-        attend_head(q + bh * D, k + b * sb + g * sh, v + b * sb + g * sh, kpos + b * kpos_stride, S, ss, D,
-                    qpos[b], window, scale, out + bh * D);
-    }
-}
-
-void TG(attend_rows)(const float *q, const float *knew, const float *vnew, const int64_t *qpos, int64_t B,
-                     int64_t H, int64_t Hkv, int64_t D, const int64_t *kc, const int64_t *vc, const int64_t *pc,
-                     const int64_t *slot, const int64_t *S, const int64_t *sh, int64_t window, float scale,
-                     float *out) {
-    for (int64_t b = 0; b < B; b++) {
-        float *kb = (float *)kc[b], *vb = (float *)vc[b];
-        for (int64_t g = 0; g < Hkv; g++) {
-            memcpy(kb + g * sh[b] + slot[b] * D, knew + (b * Hkv + g) * D, D * sizeof(float));
-            memcpy(vb + g * sh[b] + slot[b] * D, vnew + (b * Hkv + g) * D, D * sizeof(float));
-        }
-        ((int64_t *)pc[b])[slot[b]] = qpos[b];
-    }
-    for (int64_t bh = 0; bh < B * H; bh++) {
-        const int64_t b = bh / H, h = bh % H, g = h / (H / Hkv);
-        attend_head(q + bh * D, (const float *)kc[b] + g * sh[b], (const float *)vc[b] + g * sh[b],
-                    (const int64_t *)pc[b], S[b], D, D, qpos[b], window, scale, out + bh * D);
-    }
-}
+#include "attention.c"
 
 static void quantize_row_s8(const float *row, int64_t K, float norm, const float *gain, int8_t *xq, float *xs,
                             float *xc) {
