@@ -545,12 +545,9 @@ def format_table(result: dict) -> str:
 def machine_info(llama_server: str | None = None) -> dict:
     """The CPU (model, the features the kernels choose by, native bfloat16), tinygemma's kernel path and, for
     llama-server, which SIMD it was built for (from its --version / system info line)."""
-    from tinygemma.kernels import describe
+    from tinygemma.kernels import machine_facts
 
-    kernels = describe()
-    return {"cpu_model": kernels["cpu"], "cpu_features": kernels["features"], "native_bf16": kernels["native_bf16"],
-            "kernel_path": kernels["kernel_path"], "kernels_forced": kernels["forced"],
-            "llama_server": llama_server, "llama_server_class": os.environ.get("LLAMA_SERVER_CLASS"),
+    return {**machine_facts(), "llama_server": llama_server, "llama_server_class": os.environ.get("LLAMA_SERVER_CLASS"),
             "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(),
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}

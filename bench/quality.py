@@ -38,7 +38,7 @@ def main() -> None:
     text = Path(args.text).read_text(encoding="utf-8")
     prompts = json.loads(GREEDY.read_text())["prompts"]
     fast_paths = (args.paths.split(",") if args.paths else
-                  [p.name for p in kernels.PATHS if p.name != "scalar" and kernels.runnable(p)] + ["pytorch"])
+                  [p.name for p in kernels.native_paths()] + ["pytorch"])
     out = {"text": args.text, "machine": kernels.describe(), "paths": {}}
     for name in ["float32", *fast_paths]:
         if name != "float32":

@@ -148,15 +148,10 @@ def file_facts(path: Path) -> dict:
 
 
 def machine_info(args) -> dict:
-    from ..kernels import describe
+    from ..kernels import machine_facts
 
-    kernels = describe()
     return {
-        "cpu_model": kernels["cpu"],
-        "cpu_features": kernels["features"],
-        "native_bf16": kernels["native_bf16"],
-        "kernel_path": kernels["kernel_path"],
-        "kernels_forced": kernels["forced"],
+        **machine_facts(),
         "llama_cpp_lib": os.environ.get("LLAMA_CPP_LIB_PATH"),
         "cores": os.cpu_count(),
         "platform": platform.platform(),

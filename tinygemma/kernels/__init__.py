@@ -133,14 +133,25 @@ def native_bf16() -> bool:
     return bool(cpu_features() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def why_not(path: KernelPath) -> str | None:
+    """Why this CPU cannot run the path's instructions ("no avx512_vnni", "not an arm64 CPU"), or None if it can."""
+    if path.machine not in ("any", machine()):
+        return f"not an {path.machine} CPU"
+    missing = [f for f in path.needs if f not in cpu_features()]
+    return f"no {', '.join(missing)}" if missing else None
+
+
 def runnable(path: KernelPath) -> bool:
-    """Whether this CPU can run the path's instructions."""
-    return path.machine in ("any", machine()) and all(f in cpu_features() for f in path.needs)
+    return why_not(path) is None
+
+
+def native_paths() -> list[KernelPath]:
+    """The paths this CPU runs, fastest first, without the scalar one (never chosen on its own: PyTorch beats it)."""
+    return [p for p in PATHS if p.name != "scalar" and runnable(p)]
 
 
 def best_path() -> KernelPath | None:
-    """The fastest path this CPU runs (the scalar one is never chosen on its own: PyTorch beats it)."""
-    return next((p for p in PATHS if p.name != "scalar" and runnable(p)), None)
+    return next(iter(native_paths()), None)
 
 
 def _compilers() -> list[str]:
@@ -165,8 +176,8 @@ def build(path: KernelPath, out_dir: Path) -> tuple[Path, bool]:
     if not compilers:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
     source = HERE / path.source
-    # The key covers the files the build includes too (attention.c, matmul.c, decode.c).
-    text = b"".join(f.read_bytes() for f in [source, *sorted(HERE.glob("*.c"))])
+    # The key covers every C file here: the source and what it includes (attention.c, matmul.c, decode.c).
+    text = b"".join(f.read_bytes() for f in sorted(HERE.glob("*.c")))
     errors = []
     for compiler in compilers:
         for omp in _openmp_variants():
@@ -194,7 +205,7 @@ def build(path: KernelPath, out_dir: Path) -> tuple[Path, bool]:
 class Q8:
     """ctypes bindings of one kernel build: `path` names its CPU class, `threaded` whether it uses OpenMP."""
 
-    def __init__(self, so: Path, path: KernelPath = BY_NAME["avx512"], threaded: bool = True):
+    def __init__(self, so: Path, path: KernelPath, threaded: bool):
         self.path, self.threaded = path, threaded
         lib = ctypes.CDLL(str(so))
         p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
@@ -370,12 +381,10 @@ def unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
 
 def load(name: str) -> Q8:
     """The kernels of one path by name, compiled if needed (RuntimeError where this CPU or compiler can't)."""
-    path = BY_NAME[name]
-    if not runnable(path):
-        missing = [f for f in path.needs if f not in cpu_features()]
-        raise RuntimeError(f"this CPU ({machine()}) cannot run the {name} kernels"
-                           + (f" (no {', '.join(missing)})" if missing and path.machine == machine() else ""))
-    return _load(path)
+    why = why_not(BY_NAME[name])
+    if why:
+        raise RuntimeError(f"this CPU cannot run the {name} kernels ({why})")
+    return _load(BY_NAME[name])
 
 
 @functools.cache
@@ -399,10 +408,9 @@ def q8() -> Q8 | None:
     if path is None and wanted != "auto":
         _say(f"{ENV}={wanted} is not a kernel path ({', '.join(BY_NAME)}, 0 or auto): "
              f"using {getattr(best_path(), 'name', 'the PyTorch path')}")
-    elif path is not None and not runnable(path):
-        missing = [f for f in path.needs if f not in cpu_features()]
-        why = f"no {', '.join(missing)}" if path.machine == machine() else f"not an {path.machine} CPU"
-        _say(f"{ENV}={wanted}: this CPU cannot run it ({why}): using {getattr(best_path(), 'name', 'the PyTorch path')}")
+    elif path is not None and why_not(path):
+        _say(f"{ENV}={wanted}: this CPU cannot run it ({why_not(path)}): "
+             f"using {getattr(best_path(), 'name', 'the PyTorch path')}")
         path = None
     path = path or best_path()
     if path is None:
@@ -417,6 +425,13 @@ def q8() -> Q8 | None:
     if not kernels.threaded:
         _say(f"the {path.name} kernels were compiled without OpenMP (none found for the compiler): one thread")
     return kernels
+
+
+def machine_facts() -> dict:
+    """The CPU facts benchmarks record beside every figure (bench/speed.py, bench/load.py)."""
+    d = describe()
+    return {"cpu_model": d["cpu"], "cpu_features": d["features"], "native_bf16": d["native_bf16"],
+            "kernel_path": d["kernel_path"], "kernels_forced": d["forced"]}
 
 
 def describe() -> dict:
