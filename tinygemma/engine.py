@@ -217,6 +217,7 @@ class Engine:
         self._recent: deque[tuple[float, int]] = deque()     # (time, tokens) of recent steps
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failure: str | None = None  # why the engine thread died, if it did
 
     @classmethod
     def from_lm(cls, lm, config: EngineConfig = EngineConfig()) -> "Engine":
@@ -253,6 +254,8 @@ class Engine:
         """
         from .structured import Constraint
 
+        if self.failure is not None:
+            raise RuntimeError(self.failure)
         if self._thread is None or self._stop.is_set():
             raise RuntimeError("the engine is not running (use it as a context manager or call start())")
         ids = [int(i) for i in request.prompt_ids]
@@ -302,22 +305,37 @@ class Engine:
         self._inbox.put(None)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            self._receive(block=not self._active and not self._waiting)
-            self._drop_cancelled()
-            self._admit()
-            if not self._active:
-                continue
-            try:
-                self._step()
-            except Exception as e:     # a failed step must not stop the server: end what was running
-                log.exception("engine step failed")
-                for seq in list(self._active):
-                    self._finish(seq, "error", error=f"internal error: {type(e).__name__}: {e}")
+        try:
+            while not self._stop.is_set():
+                self._receive(block=not self._active and not self._waiting)
+                self._drop_cancelled()
+                self._admit()
+                if not self._active:
+                    continue
+                try:
+                    self._step()
+                except Exception as e:     # a failed forward pass: end what was running, keep serving
+                    log.exception("engine step failed")
+                    for seq in list(self._active):
+                        self._fail(seq, f"internal error: {type(e).__name__}: {e}")
+        except BaseException as e:         # the loop itself broke: say so to everyone, refuse new requests
+            log.exception("engine thread died")
+            self.failure = f"engine thread died: {type(e).__name__}: {e}"
+            self._stop.set()
+            for seq in [*self._waiting, *self._active]:
+                seq.handle._send(Event("", "error", seq.prompt_len, seq.generated, error=self.failure))
+            self._waiting.clear()
+            self._active.clear()
+            raise
         self._receive(block=False)
         for seq in [*self._waiting, *self._active]:
             seq.handle.cancelled = True
         self._drop_cancelled()
+
+    @property
+    def alive(self) -> bool:
+        """True while the engine thread runs (False before start(), after close() or if it died)."""
+        return self._thread is not None and self._thread.is_alive() and self.failure is None
 
     def _receive(self, block: bool) -> None:
         try:
@@ -344,15 +362,19 @@ class Engine:
             seq = self._waiting.popleft()
             with self._lock:
                 self._queued -= 1
-            seq.cache, seq.computed = self._reuse(seq.tokens)
-            if seq.cache is None:
-                seq.cache = make_cache(self.model.config, dtype=self.model.dtype,
-                                       capacity=min(self.context, seq.prompt_len + seq.max_tokens))
+            self._active.append(seq)
+            try:
+                seq.cache, seq.computed = self._reuse(seq.tokens)
+                if seq.cache is None:
+                    seq.cache = make_cache(self.model.config, dtype=self.model.dtype,
+                                           capacity=min(self.context, seq.prompt_len + seq.max_tokens))
+            except Exception as e:      # e.g. no memory for this one's cache: the others go on
+                self._fail(seq, f"could not allocate the cache: {type(e).__name__}: {e}")
+                continue
             seq.cached_tokens = seq.computed
             seq.state = State.PREFILL
             self.metrics.prompt_tokens += seq.prompt_len
             self.metrics.reused_tokens += seq.computed
-            self._active.append(seq)
 
     def _reuse(self, prompt: list[int]) -> tuple[list | None, int]:
         """(a cache holding a prefix of `prompt`, that prefix's length), or (None, 0)."""
@@ -382,6 +404,11 @@ class Engine:
 
     @torch.inference_mode()
     def _step(self) -> None:
+        """One decode row per generating request (one forward pass), then prompt chunks within the budget.
+
+        What concerns one request alone (its constraint, its sampling, its prefill) fails for that request
+        alone: it ends with an error event and the others go on. Only a failure of the shared decode pass
+        ends every row in it."""
         self.metrics.steps += 1
         produced = 0
         decoding = [s for s in self._active if s.state is State.DECODE]
@@ -389,34 +416,57 @@ class Engine:
             ids = torch.tensor([[s.tokens[-1]] for s in decoding])                # (B, 1)
             positions = torch.tensor([[s.computed] for s in decoding])            # (B, 1)
             logits = self.model(ids, positions, RowCaches([s.cache for s in decoding]))[:, -1]   # (B, V)
-            for seq, row in zip(decoding, logits):
-                self._constrain(seq, row)
-            tops = top_candidates(logits, [s.request.params for s in decoding])
-            for seq, row, top in zip(decoding, logits, tops):
+            for seq in decoding:
                 seq.computed += 1
-                self._next_token(seq, row, top)
+            ok = [self._guard(seq, self._constrain, seq, row) for seq, row in zip(decoding, logits)]
+            tops = top_candidates(logits, [s.request.params for s in decoding])
+            for seq, row, top, good in zip(decoding, logits, tops, ok):
+                if good:
+                    self._guard(seq, self._next_token, seq, row, top)
             produced += len(decoding)
         budget = self.config.prefill_budget
-        chunk = self.config.prefill_chunk
         for seq in [s for s in self._active if s.state is State.PREFILL]:
-            while seq.state is State.PREFILL and budget > 0:
-                # Chunks end at multiples of `chunk`: the cut never depends on other requests.
-                end = min(seq.prompt_len, (seq.computed // chunk + 1) * chunk)
-                part = torch.tensor([seq.tokens[seq.computed:end]])
-                logits = self.model(part, cache=seq.cache, last_only=True)[0, -1]
-                budget -= end - seq.computed
-                self.metrics.prefill_tokens += end - seq.computed
-                seq.computed = end
-                if end == seq.prompt_len:
-                    seq.state = State.DECODE
-                    self._constrain(seq, logits)
-                    self._next_token(seq, logits)
-                    produced += 1
+            used = [0]
+            self._guard(seq, self._prefill, seq, budget, used)
+            budget -= used[0]
+            produced += seq.state is not State.PREFILL
             if budget <= 0:
                 break
         self._recent.append((time.perf_counter(), produced))
         while self._recent and time.perf_counter() - self._recent[0][0] > RATE_WINDOW:
             self._recent.popleft()
+
+    def _prefill(self, seq: _Sequence, budget: int, used: list[int]) -> None:
+        """Run seq's next prompt chunks within `budget` tokens (used[0]: how many ran); after the last one,
+        its first token."""
+        chunk = self.config.prefill_chunk
+        while seq.state is State.PREFILL and budget > used[0]:
+            # Chunks end at multiples of `chunk`: the cut never depends on other requests.
+            end = min(seq.prompt_len, (seq.computed // chunk + 1) * chunk)
+            part = torch.tensor([seq.tokens[seq.computed:end]])
+            logits = self.model(part, cache=seq.cache, last_only=True)[0, -1]
+            used[0] += end - seq.computed
+            self.metrics.prefill_tokens += end - seq.computed
+            seq.computed = end
+            if end == seq.prompt_len:
+                seq.state = State.DECODE
+                self._constrain(seq, logits)
+                self._next_token(seq, logits)
+
+    def _guard(self, seq: _Sequence, fn, *args) -> bool:
+        """fn(*args); if it raises, seq alone ends with an error event. True when it did not raise."""
+        try:
+            fn(*args)
+            return True
+        except Exception as e:
+            if seq.state is not State.DONE:
+                log.warning("request %d failed: %s: %s", seq.handle.id, type(e).__name__, e)
+                self._fail(seq, str(e) if isinstance(e, TinyGemmaError) else f"{type(e).__name__}: {e}")
+            return False
+
+    def _fail(self, seq: _Sequence, error: str) -> None:
+        if seq.state is not State.DONE:
+            self._finish(seq, "error", error=error)
 
     @staticmethod
     def _constrain(seq: _Sequence, logits: torch.Tensor) -> None:

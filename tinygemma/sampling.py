@@ -11,6 +11,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+# The smallest normal float32: a positive temperature or repetition penalty below it would round to 0 in the
+# float32 arithmetic below (x / 0 -> inf, 0 / 0 and -inf * 0 -> NaN), so it is used in their place.
+TINY = torch.finfo(torch.float32).tiny
+HUGE = torch.finfo(torch.float32).max
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -64,7 +69,9 @@ def apply_penalties(logits: torch.Tensor, history: torch.Tensor, p: SamplingPara
     seen = counts > 0
     out = logits.clone()
     if p.repetition_penalty != 1.0:
-        penalised = torch.where(out > 0, out / p.repetition_penalty, out * p.repetition_penalty)
+        rp = max(p.repetition_penalty, TINY)
+        # A tiny penalty must not turn a logit into inf (or -inf * 0 into NaN): the result stays finite.
+        penalised = torch.where(out > 0, (out / rp).clamp(max=HUGE), out * rp)
         out = torch.where(seen, penalised, out)
     out -= p.presence_penalty * seen.to(out.dtype) + p.frequency_penalty * counts
     return out
@@ -73,7 +80,8 @@ def apply_penalties(logits: torch.Tensor, history: torch.Tensor, p: SamplingPara
 def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
     """Temperature, top-k, top-p and min-p on (V,) logits; removed tokens become -inf."""
     # Shift so the maximum is 0 first: a tiny (valid) temperature then sends the others to -inf, never inf/NaN.
-    logits = (logits - logits.max()) / p.temperature
+    # A temperature that float32 cannot hold (1e-300 rounds to 0: 0 / 0 = NaN) acts as the smallest it can.
+    logits = (logits - logits.max()) / max(p.temperature, TINY)
     if p.top_k and p.top_k < logits.shape[-1]:
         kth = torch.topk(logits, p.top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -82,6 +90,7 @@ def filter_logits(logits: torch.Tensor, p: SamplingParams) -> torch.Tensor:
         probs = sorted_logits.softmax(-1)
         # Drop a token when the tokens before it already reach top_p (the top token always stays).
         drop = (probs.cumsum(-1) - probs) >= p.top_p
+        drop[..., 0] = False     # even when top_p is below what float32 can hold (1e-300 -> 0)
         logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
     if p.min_p > 0.0:
         probs = logits.softmax(-1)

@@ -24,6 +24,12 @@ import torch
 # Compact JSON (no free whitespace): a small model cannot wander off into endless blanks.
 JSON_OPTIONS = {"whitespace_flexible": False}
 MAX_GRAMMAR_CHARS = 100_000      # a larger schema, regex or label list is refused
+# Work llguidance may do for one grammar: lexer states in all (memory) and lexer steps per token mask (time).
+# A regex like "a{1000000}" or "((a{100}){100}){100}" otherwise takes seconds per mask; with these it gets a
+# one-line error instead. Ordinary JSON schemas, regexes and label lists stay far below them.
+LEXER_STATES = 50_000
+INITIAL_LEXER_FUEL = 200_000
+STEP_LEXER_FUEL = 50_000
 # Characters that are special in llguidance's (Rust) regex syntax, escaped as Rust's regex::escape does.
 REGEX_META = set("\\.+*?()|[]{}^$#&-~")
 
@@ -113,17 +119,37 @@ class Constraint:
     """One request's grammar state: masks logits before sampling, follows the sampled tokens."""
 
     def __init__(self, grammar: str, tokenizer):
-        from llguidance import LLMatcher
+        """Compiles the grammar and computes its first mask (both release the GIL), so that a grammar that
+        cannot be compiled within the limits, or that no output can satisfy, is refused here, before the
+        request reaches the engine: ConstraintError."""
+        from llguidance import LLMatcher, LLParserLimits
 
         self.vocab_size = tokenizer.vocab_size
-        self.matcher = LLMatcher(lltokenizer(tokenizer), grammar, log_level=0)
+        limits = LLParserLimits(max_lexer_states=LEXER_STATES, initial_lexer_fuel=INITIAL_LEXER_FUEL,
+                                step_lexer_fuel=STEP_LEXER_FUEL)
+        self.matcher = LLMatcher(lltokenizer(tokenizer), grammar, log_level=0, limits=limits)
+        self._check()
+        self._first = self._allowed()
+        # llguidance stops with NoExtensionBias when its grammar allows no token at all.
+        if not self._first.any() or self.matcher.is_error() and _one_line(self.matcher.get_error()) == "NoExtensionBias":
+            raise ConstraintError("constraint cannot be satisfied: no output matches it")
+        self._check()
+
+    def _check(self) -> None:
         if self.matcher.is_error():
             raise ConstraintError(f"invalid constraint: {_one_line(self.matcher.get_error())}")
 
-    def mask(self, logits: torch.Tensor) -> None:
-        """Set the logits (V,) of tokens the grammar does not allow next to -inf, in place."""
+    def _allowed(self) -> np.ndarray:
         bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
-        allowed = np.unpackbits(bits, bitorder="little")[:self.vocab_size].astype(bool)
+        return np.unpackbits(bits, bitorder="little")[:self.vocab_size].astype(bool)
+
+    def mask(self, logits: torch.Tensor) -> None:
+        """Set the logits (V,) of tokens the grammar does not allow next to -inf, in place.
+        ConstraintError when the grammar fails (a limit reached) or allows nothing."""
+        allowed, self._first = (self._first, None) if self._first is not None else (self._allowed(), None)
+        self._check()
+        if not allowed.any():
+            raise ConstraintError("constraint: no token can continue the output")
         logits.masked_fill_(~torch.from_numpy(allowed), float("-inf"))
 
     def advance(self, token: int) -> None:
