@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..files import atomic_open, atomic_write_text, check_writable_file
 from .common import add_model_args, load_model
 
 DEFAULT_BATCH = 32
@@ -39,8 +40,11 @@ def main(args) -> int:
     from ..train.classifier import SequenceClassifier, predict_head, score_labels
     from ..train.data import classification_texts, read_rows
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    for flag, value in (("--batch-size", args.batch_size), ("--max-length", args.max_length), ("--limit", args.limit)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be at least 1, got {value}")
+    given_labels = parse_labels(args.labels) if args.labels is not None else None
+    check_writable_file(args.out, "predictions file (--out)")      # before the model loads
     rows = read_rows(args.file)[:args.limit]
     texts = classification_texts(args.file, rows, args.text_column)
     lm = load_model(args)
@@ -52,7 +56,7 @@ def main(args) -> int:
         classifier.score.weight.data = adapter.head.to(classifier.score.weight.dtype)
         scores = predict_head(classifier, lm.tokenizer, texts, args.batch_size, args.max_length, bar.update)
     else:
-        labels = (args.labels.split(",") if args.labels else adapter.config.labels if adapter is not None else [])
+        labels = given_labels or (adapter.config.labels if adapter is not None else [])
         if not labels:
             raise ValueError("no label set: pass --adapter from a classification fine-tune, or --labels a,b,c")
         scores = score_labels(lm.model, lm.tokenizer, texts, labels, args.batch_size, args.max_length,
@@ -71,13 +75,27 @@ def main(args) -> int:
     return 0
 
 
+def parse_labels(text: str) -> list[str]:
+    """The --labels set: comma-separated, each non-empty (spaces around it dropped), distinct, at least two."""
+    labels = [label.strip() for label in text.split(",")]
+    if any(not label for label in labels):
+        raise ValueError(f"--labels {text!r}: every label must be non-empty (comma-separated: a,b,c)")
+    duplicate = next((label for i, label in enumerate(labels) if label in labels[:i]), None)
+    if duplicate is not None:
+        raise ValueError(f"--labels {text!r}: label {duplicate!r} is given twice")
+    if len(labels) < 2:
+        raise ValueError(f"--labels {text!r}: at least 2 labels are needed to choose between")
+    return labels
+
+
 def write_rows(path: str, rows: list[dict]) -> None:
+    """The predictions as .jsonl or .csv, written to a temporary name and renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".jsonl":
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         return
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..files import check_regular_file, check_writable_dir, check_writable_file
 from .common import add_model_args, load_model
 
 DEFAULT_IFEVAL_MAX_TOKENS = 512
@@ -81,6 +82,7 @@ def run_ifeval(args) -> int:
 
     _positive("--limit", args.limit)
     _positive("--max-tokens", args.max_tokens)
+    check_writable_dir(args.out, "output directory (--out)")       # before minutes of generation
     prompts = ifeval.load_prompts(args.data or default_ifeval_dir(), limit=args.limit)
     if args.responses:
         report = ifeval.score(prompts, ifeval.read_responses(args.responses, prompts),
@@ -114,7 +116,12 @@ def run_perplexity(args) -> int:
     from ..eval.perplexity import perplexity
 
     _positive("--max-chunks", args.max_chunks)
-    text = Path(args.file).read_text(encoding="utf-8")
+    _positive("--ctx", args.ctx)
+    raw = check_regular_file(args.file, "text file").read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{args.file}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
     lm = load_model(args)
     result = perplexity(lm, text, ctx=args.ctx, max_chunks=args.max_chunks)
     if args.json:
@@ -130,6 +137,7 @@ def run_perplexity(args) -> int:
 def run_classify(args) -> int:
     from ..eval import classification
 
+    check_writable_dir(args.out, "output directory (--out)")
     y_true, y_pred = classification.read_predictions(args.predictions, args.label_column, args.prediction_column)
     report = classification.classification_report(y_true, y_pred)
     paths = classification.write_reports(report, args.out, png=not args.no_png)
@@ -146,9 +154,11 @@ def run_extract(args) -> int:
     _positive("--max-tokens", args.max_tokens)
     _positive("--batch", args.batch)
     if args.prepare:
+        check_writable_file(args.prepare, "--prepare file")
         n = extraction.prepare(args.data, args.prepare, limit=args.limit)
         print(f"wrote {n} prompt/completion rows to {args.prepare}")
         return 0
+    check_writable_dir(args.out, "output directory (--out)")       # before the model runs
     examples = extraction.restaurant8k_examples(args.data, limit=args.limit)
     if not examples:
         raise ValueError(f"{args.data}: no examples")

@@ -7,12 +7,15 @@ from pathlib import Path
 import torch
 
 from ..export.gguf import WRITABLE_TYPES
+from ..files import check_writable_dir, check_writable_file
 
 HF_TYPES = {"F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16}
 
 
 def build_parser(p):
-    p.add_argument("out", help="output .gguf file, or directory for --format hf")
+    p.add_argument("out", help="output .gguf file, or directory for --format hf. An existing file is replaced "
+                   "(as llama.cpp's convert script and save_pretrained do), but only once the new one is "
+                   "completely written: a full disk or Ctrl-C leaves the old one")
     p.add_argument("--model", metavar="PATH", help="base weights (default: the embedded Gemma 3 270M)")
     p.add_argument("--adapter", metavar="PATH", help="LoRA adapter directory to merge (from 'tinygemma finetune')")
     p.add_argument("--format", choices=["gguf", "hf"], default="gguf")
@@ -29,6 +32,7 @@ def main(args) -> int:
     allowed = WRITABLE_TYPES if args.format == "gguf" else tuple(HF_TYPES)
     if args.type not in allowed:
         raise ValueError(f"--type {args.type} is not writable as {args.format} (choose from {', '.join(allowed)})")
+    check_output(Path(args.out), args.format)         # before minutes of loading and merging
     adapter = read_adapter(args.adapter) if args.adapter else None
     weights = load_weights(Path(args.model) if args.model else default_model_path())
     tensors = merge_adapter(weights.tensors, adapter) if adapter else weights.tensors
@@ -46,3 +50,14 @@ def main(args) -> int:
               "classify with the base model and --adapter")
     print(f"wrote {args.out}")
     return 0
+
+
+def check_output(out: Path, fmt: str) -> None:
+    """The output can be written: a file path (not a directory) for GGUF, a directory (not a file) for hf,
+    in a writable parent folder (created when missing)."""
+    if fmt == "gguf":
+        check_writable_file(out, "output file")
+    elif out.exists():
+        check_writable_dir(out, "output directory")
+    else:
+        check_writable_file(out, "output directory")      # only its parent folder is checked (and created)

@@ -9,12 +9,13 @@ import argparse
 import json
 from pathlib import Path
 
+from ..files import check_regular_file
 from ..train.trainer import METHODS, TASKS, TrainConfig
 
 # (flag, type, help); every flag maps to the TrainConfig field of the same name (dashes -> underscores).
 FLAGS = (
     ("--data", str, "training file: .jsonl (text, prompt/completion, messages, or text+label) or .csv"),
-    ("--out", str, f"output directory (default {TrainConfig.out})"),
+    ("--out", str, f"output directory (default {TrainConfig.out}); its files are replaced atomically at each save"),
     ("--model", str, "base weights: .gguf or Hugging Face directory (default: the embedded Gemma 3 270M)"),
     ("--rank", int, f"LoRA rank (default {TrainConfig.rank})"),
     ("--alpha", float, f"LoRA alpha; updates are scaled by alpha/rank (default {TrainConfig.alpha})"),
@@ -69,8 +70,11 @@ def read_yaml(path: str) -> dict:
         import yaml
     except ImportError:
         raise ValueError("--config needs PyYAML: pip install 'tinygemma[train]'") from None
+    check_regular_file(path, "config file")
     try:
         values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x})") from None
     except yaml.YAMLError as e:
         raise ValueError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(values, dict):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MissingDependencyError
+from ..files import atomic_path, atomic_write_text
 from ..jsonl import read_jsonl
 
 
@@ -123,8 +124,11 @@ def plot_confusion_matrix(report: ClassificationReport, path: str | Path, title:
                         color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -133,8 +137,8 @@ def write_reports(report: ClassificationReport, out_dir: str | Path, png: bool =
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "classification.json", "markdown": out / "classification.md"}
-    paths["json"].write_text(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(markdown_report(report), encoding="utf-8")
+    atomic_write_text(paths["json"], json.dumps(report.to_dict(), indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(paths["markdown"], markdown_report(report))
     if png:
         paths["png"] = plot_confusion_matrix(report, out / "confusion_matrix.png")
     return paths

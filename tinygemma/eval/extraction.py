@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
+from ..files import atomic_open, atomic_write_text
+
 SLOTS = ("people", "date", "time", "first_name", "last_name")     # also the completion's key order
 PROMPT = "Extract the booking details as JSON.\n{asked}Text: {text}\nJSON:"
 ASKED = "Asked for: {slots}\n"
@@ -106,7 +108,7 @@ def prepare(path: str | Path, out_jsonl: str | Path, limit: int | None = None) -
     examples = restaurant8k_examples(path, limit)
     out = Path(out_jsonl)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
+    with atomic_open(out, "w", encoding="utf-8") as f:
         for ex in examples:
             f.write(json.dumps({"prompt": prompt(ex), "completion": completion(ex.slots)}, ensure_ascii=False) + "\n")
     return len(examples)
@@ -207,8 +209,8 @@ def write_reports(report: ExtractionReport, out_dir: str | Path) -> dict[str, Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "extraction.json", "markdown": out / "extraction.md"}
-    paths["json"].write_text(json.dumps(asdict(report), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(markdown_report(report), encoding="utf-8")
+    atomic_write_text(paths["json"], json.dumps(asdict(report), indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(paths["markdown"], markdown_report(report))
     return paths
 
 

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..files import atomic_open, atomic_write_text
 from ..jsonl import read_jsonl
 from .ifeval_checks import CHECKS, check
 
@@ -190,9 +191,9 @@ def write_reports(report: IFEvalReport, out_dir: str | Path) -> dict[str, Path]:
     paths = {"json": out / "ifeval.json", "markdown": out / "ifeval.md", "responses": out / "responses.jsonl"}
     doc = {"metrics": report.metrics, "per_instruction": report.per_instruction, "info": report.info,
            "results": [asdict(r) for r in report.results]}
-    paths["json"].write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(markdown_report(report), encoding="utf-8")
-    with open(paths["responses"], "w", encoding="utf-8") as f:
+    atomic_write_text(paths["json"], json.dumps(doc, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(paths["markdown"], markdown_report(report))
+    with atomic_open(paths["responses"], "w", encoding="utf-8") as f:
         for r in report.results:
             f.write(json.dumps({"key": r.key, "prompt": r.prompt, "response": r.response}, ensure_ascii=False) + "\n")
     return paths

@@ -11,6 +11,7 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from gguf.quants import quantize
 
 from ..config import SLIDING, Gemma3Config, default_layer_types
+from ..files import atomic_path
 from ..weights.names import tensor_table
 
 # Types we can quantize to here; K-quants are read but not written (gguf-py has no K-quant quantizer).
@@ -26,10 +27,21 @@ def save_gguf(path: str | os.PathLike, config: Gemma3Config, tensors: Mapping[st
     tensor_type: storage type of the 2-D weights (norms always stay F32, as llama.cpp does);
     types: per-tensor overrides (our name -> type name); raw: already-encoded tensors (our name ->
     (uint8 bytes shaped (rows, row_bytes), type)), written as they are.
+
+    The file is written under a temporary name and renamed over `path` when complete (an existing file is
+    replaced; a full disk leaves it as it was and raises a one-line FileWriteError).
     """
-    types = dict(types or {})
-    raw = dict(raw or {})
-    w = GGUFWriter(os.fspath(path), "gemma3")
+    with atomic_path(path) as tmp:
+        w = GGUFWriter(os.fspath(tmp), "gemma3")
+        try:
+            _write(w, config, tensors, tokenizer, tensor_type, dict(types or {}), dict(raw or {}), name,
+                   extra_metadata)
+        finally:
+            w.close()
+
+
+def _write(w: GGUFWriter, config: Gemma3Config, tensors, tokenizer, tensor_type: str, types: dict, raw: dict,
+           name: str, extra_metadata) -> None:
     w.add_name(name)
     w.add_context_length(config.max_position_embeddings)
     w.add_embedding_length(config.hidden_size)
@@ -91,7 +103,6 @@ def save_gguf(path: str | os.PathLike, config: Gemma3Config, tensors: Mapping[st
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
-    w.close()
 
 
 def _add_value(w: GGUFWriter, key: str, value: Any) -> None:

@@ -10,6 +10,7 @@ Row kinds (each file holds one kind; the first row decides):
 from __future__ import annotations
 
 import csv
+import io
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,19 +45,27 @@ class Example:
 def read_rows(path: str | Path) -> list[dict]:
     """Rows of a .jsonl (one JSON object a line) or .csv (header row) file, each tagged with its line number."""
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file():          # also refuses FIFOs and devices, which would block or never end
         raise DataError(f"{path}: no such data file")
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        rows = [{"_line": n, **row} for n, row in read_jsonl(path, DataError)]
-    elif suffix == ".csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise DataError(f"{path}: data files must be .jsonl or .csv, not {suffix or 'no extension'}")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")          # a byte-order mark (spreadsheet exports) is dropped
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x})") from None
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
             if not reader.fieldnames:
                 raise DataError(f"{path}: empty csv file (a header row is needed)")
             rows = [{"_line": reader.line_num, **row} for row in reader]
+        except csv.Error as e:                  # NUL bytes, a field over csv's size limit...
+            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
     else:
-        raise DataError(f"{path}: data files must be .jsonl or .csv, not {suffix or 'no extension'}")
+        rows = [{"_line": n, **row} for n, row in read_jsonl(path, DataError)]
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows

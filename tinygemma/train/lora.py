@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import TinyGemmaError
@@ -161,16 +161,19 @@ def adapter_file(path: str | os.PathLike) -> Path:
 
 def save_adapter(path: str | os.PathLike, config: AdapterConfig, factors: dict[str, torch.Tensor],
                  head: torch.Tensor | None = None) -> Path:
-    """Write an adapter directory (ADAPTER_FILE + CONFIG_FILE); returns the directory."""
+    """Write an adapter directory (ADAPTER_FILE + CONFIG_FILE); returns the directory.
+
+    Both files are written in a temporary directory and renamed into place once complete, so a crash or a full
+    disk leaves the previous adapter (FileWriteError, one line)."""
+    from ..export.safetensors import atomic_dir, save_safetensors
+
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().contiguous() for k, v in factors.items()}
     if head is not None:
         tensors[HEAD] = head.detach().float().contiguous()
-    tmp = out / (ADAPTER_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / ADAPTER_FILE)
-    (out / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
+    with atomic_dir(out) as tmp:
+        save_safetensors(tensors, tmp / ADAPTER_FILE)
+        (tmp / CONFIG_FILE).write_text(json.dumps(asdict(config), indent=2) + "\n")
     return out
 
 
@@ -182,17 +185,10 @@ def read_adapter(path: str | os.PathLike) -> Adapter:
         if not p.is_file():
             raise AdapterError(f"{p}: no such adapter file")
     try:
-        raw = json.loads(config_path.read_text())
-        known = set(AdapterConfig.__dataclass_fields__)
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise AdapterError(f"{config_path}: unknown key {unknown[0]!r}")
-        config = AdapterConfig(**raw)
-        config.targets = tuple(config.targets)
-    except (json.JSONDecodeError, TypeError, AttributeError) as e:
-        raise AdapterError(f"{config_path}: not a valid adapter config ({e})") from None
-    if config.rank < 1:
-        raise AdapterError(f"{config_path}: rank must be at least 1, got {config.rank}")
+        raw = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:          # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise AdapterError(f"{config_path}: not a valid adapter config ({str(e).splitlines()[0]})") from None
+    config = _adapter_config(config_path, raw)
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError) as e:
@@ -202,3 +198,30 @@ def read_adapter(path: str | os.PathLike) -> Adapter:
         raise AdapterError(f"{file}: a classification adapter needs {HEAD} with one row per label "
                            f"({len(config.labels)})")
     return Adapter(config, tensors, head, file)
+
+
+def _adapter_config(path: Path, raw) -> AdapterConfig:
+    """An AdapterConfig from the JSON object, every field checked: one-line AdapterError naming the field."""
+    if not isinstance(raw, dict):
+        raise AdapterError(f"{path}: the adapter config must be a JSON object")
+    unknown = sorted(set(raw) - set(AdapterConfig.__dataclass_fields__))
+    if unknown:
+        raise AdapterError(f"{path}: unknown key {unknown[0]!r}")
+    config = AdapterConfig(**raw)
+
+    def strings(value) -> bool:
+        return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+
+    checks = (("rank", isinstance(config.rank, int) and not isinstance(config.rank, bool) and config.rank >= 1,
+               "an integer of at least 1"),
+              ("alpha", isinstance(config.alpha, (int, float)) and not isinstance(config.alpha, bool)
+               and math.isfinite(config.alpha), "a number"),
+              ("targets", strings(config.targets), "a list of projection names"),
+              ("task", config.task in ("causal_lm", "classification"), "'causal_lm' or 'classification'"),
+              ("labels", strings(config.labels), "a list of strings"),
+              ("base_model", isinstance(config.base_model, str), "a string"))
+    for name, ok, want in checks:
+        if not ok:
+            raise AdapterError(f"{path}: {name} must be {want}, got {getattr(config, name)!r}")
+    config.targets = tuple(config.targets)
+    return config

@@ -27,8 +27,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import TinyGemmaError
+from ..files import FileWriteError, atomic_open, atomic_path, atomic_write_text, check_writable_dir
 from ..kernels import native_bf16
 from . import data as D
+from .checkpoint import load_checkpoint, save_checkpoint
 from .classifier import SequenceClassifier
 from .lora import ALL_TARGETS, AdapterConfig, add_lora, lora_tensors, merged_state, save_adapter
 
@@ -36,6 +39,12 @@ TASKS = ("lm", "classify-head", "classify-lm")   # language modelling; classific
 METHODS = ("lora", "full")
 DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
 CHECKPOINT = "checkpoint.pt"
+OUTPUT_FILES = (CHECKPOINT, "metrics.jsonl", "summary.json", "loss.png")     # in --out, beside adapter/, model/
+OUTPUT_DIRS = ("adapter", "model")
+
+
+class ConfigError(TinyGemmaError, ValueError):
+    """A training setting has the wrong type or is out of range; the message names the field."""
 
 
 @dataclass
@@ -76,31 +85,84 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        """Checks every field's type (normalizing: ints to floats, numeric strings such as YAML's 2e-4 to
+        floats, "a,b" to a tuple) and range; ConfigError naming the field."""
+        for f in fields(self):
+            setattr(self, f.name, _typed(f.name, getattr(self, f.name), f.type))
         if not self.data:
-            raise ValueError("no training data: give a .jsonl or .csv file (--data or 'data:' in the YAML)")
+            raise ConfigError("no training data: give a .jsonl or .csv file (--data or 'data:' in the YAML)")
+        if not self.out:
+            raise ConfigError("out must name an output directory")
         if self.task not in TASKS:
-            raise ValueError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
+            raise ConfigError(f"task must be one of {', '.join(TASKS)}, got {self.task!r}")
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name in ("rank", "batch_size", "grad_accum", "max_length", "lora_layers"):
+            raise ConfigError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        for name in ("rank", "batch_size", "grad_accum", "max_length", "lora_layers", "steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.steps is not None and self.steps < 1:
-            raise ValueError(f"steps must be at least 1, got {self.steps}")
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_max", "eval_every", "save_every", "warmup_steps", "weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be at least 0, got {getattr(self, name)}")
+        for name in ("alpha", "epochs", "lr"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+            raise ConfigError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if not 0 <= self.seed < 2 ** 63:
+            raise ConfigError(f"seed must be in [0, 2**63), got {self.seed}")
+        bad = [t for t in self.targets if t not in ALL_TARGETS]
+        if not self.targets or bad:
+            raise ConfigError(f"targets must be some of {', '.join(ALL_TARGETS)}, got {','.join(self.targets)!r}")
+        for name in ("text_column", "label_column"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must not be empty")
 
     @classmethod
     def from_dict(cls, values: dict, source: str = "config") -> "TrainConfig":
+        """A checked TrainConfig from YAML/flag values; ConfigError '<source>: <field> ...' when one is wrong."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown key {unknown[0]!r}")
+            raise ConfigError(f"{source}: unknown key {unknown[0]!r}")
         cfg = cls(**values)
-        cfg.targets = tuple(cfg.targets.split(",") if isinstance(cfg.targets, str) else cfg.targets)
+        try:
+            cfg.validate()
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
         return cfg
+
+
+def _typed(name: str, value, annotation: str):
+    """`value` checked against a field's annotation ("int | None", "float", "tuple[str, ...]", ...)."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return None
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    for kind in kinds:
+        if kind == "bool" and isinstance(value, bool):
+            return value
+        if kind == "int" and is_int:
+            return value
+        if kind == "str" and isinstance(value, str):
+            return value
+        if kind == "float" and (is_int or isinstance(value, (float, str))):
+            try:
+                number = float(value)       # YAML reads 2e-4 (no dot) as a string
+            except (ValueError, OverflowError):
+                continue
+            if math.isfinite(number):
+                return number
+        if kind.startswith("tuple[str"):
+            if isinstance(value, str):
+                value = value.split(",")
+            if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+                return tuple(v.strip() for v in value)
+    want = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a string",
+            "None": "null"}
+    wanted = " or ".join(want.get(k, "a list of strings") for k in kinds)
+    raise ConfigError(f"{name} must be {wanted}, got {value!r}")
 
 
 @dataclass
@@ -184,6 +246,8 @@ class Trainer:
         self.cfg = cfg
         self.dist = Distributed()
         self.out = Path(cfg.out)
+        if self.dist.main:
+            self.check_outputs()                # before data and model load: a bad --out fails at once
         # Emulated bfloat16 costs ~30x float32 (measured on AVX2): autocast only where the CPU has it.
         self.bf16 = native_bf16() if cfg.bf16 is None else bool(cfg.bf16)
         torch.manual_seed(cfg.seed)
@@ -209,6 +273,19 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ setup
 
+    def check_outputs(self) -> None:
+        """--out must be (or become) a writable directory, with nothing in the way of the files written into
+        it; --resume needs the checkpoint."""
+        check_writable_dir(self.out, "output directory (out)")
+        for name in OUTPUT_FILES:
+            if (self.out / name).is_dir():
+                raise FileWriteError(f"{self.out / name}: is a directory, in the way of an output file")
+        for name in OUTPUT_DIRS:
+            if (self.out / name).exists() and not (self.out / name).is_dir():
+                raise FileWriteError(f"{self.out / name}: is a file, in the way of an output directory")
+        if self.cfg.resume and not (self.out / CHECKPOINT).is_file():
+            raise FileNotFoundError(f"{self.out / CHECKPOINT}: no checkpoint to resume from")
+
     def _build_data(self, rows: list[dict], eval_rows: list[dict] | None) -> None:
         cfg, tok = self.cfg, self.tokenizer
         if eval_rows is not None:
@@ -218,6 +295,9 @@ class Trainer:
         eval_source = cfg.eval_data or cfg.data
         # Labels from every row of the training file, so a rare label that lands in the held-out split counts.
         self.labels: list[str] = [] if cfg.task == "lm" else D.label_set(cfg.data, rows, cfg.label_column)
+        if cfg.task != "lm" and len(self.labels) < 2:
+            raise D.DataError(f"{cfg.data}: column {cfg.label_column!r} has only the label {self.labels[0]!r}; "
+                              f"classification needs at least 2 classes")
 
         def make(path, some_rows: list[dict]) -> list[D.Example]:
             if cfg.task == "lm":
@@ -338,11 +418,10 @@ class Trainer:
         """Weights being trained, optimizer, RNG and history in one file (atomic), then the usable outputs."""
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            # Tensors and plain containers only, so that it loads with weights_only=True (see checkpoint.py).
             payload = {"trainable": self.trainable_state(), "optimizer": self.optimizer.state_dict(),
                        "rng": torch.get_rng_state(), "state": asdict(self.state), "config": asdict(self.cfg)}
-            tmp = self.out / (CHECKPOINT + ".tmp")
-            torch.save(payload, tmp)
-            os.replace(tmp, self.out / CHECKPOINT)
+            save_checkpoint(self.out / CHECKPOINT, payload)
             self.write_outputs()
         self.dist.barrier()
 
@@ -350,16 +429,23 @@ class Trainer:
         path = self.out / CHECKPOINT
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no checkpoint to resume from")
-        payload = torch.load(path, weights_only=False)
-        params = dict(self.net.named_parameters())
+        payload = load_checkpoint(path)
+        params = {n: p for n, p in self.net.named_parameters() if p.requires_grad}
+        if set(payload["trainable"]) != set(params):
+            raise ValueError(f"{path}: the checkpoint's tensors do not fit this run's model "
+                             f"(different task, method or rank?)")
         for name, value in payload["trainable"].items():
-            if name not in params or params[name].shape != value.shape:
+            if params[name].shape != value.shape:
                 raise ValueError(f"{path}: checkpoint tensor {name} does not fit this run's model "
                                  f"(different task, method or rank?)")
             params[name].data.copy_(value)
-        self.optimizer.load_state_dict(payload["optimizer"])
-        torch.set_rng_state(payload["rng"])
-        self.state = RunState(**payload["state"])
+        try:
+            self.optimizer.load_state_dict(payload["optimizer"])
+            torch.set_rng_state(payload["rng"])
+            self.state = RunState(**payload["state"])
+        except (TypeError, ValueError, KeyError, RuntimeError) as e:
+            raise ValueError(f"{path}: the checkpoint's optimizer or run state does not fit this run "
+                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
     def write_outputs(self) -> dict[str, Path]:
         """adapter/ (LoRA factors, head, config) and, for full fine-tuning, model/ (a Hugging Face directory);
@@ -372,7 +458,7 @@ class Trainer:
             paths["adapter"] = save_adapter(self.out / "adapter", self.adapter_config(), lora_tensors(self.model), head)
         if self.cfg.method == "full":
             paths["model"] = save_hf_dir(self.out / "model", self.model.config, merged_state(self.model), self.tokenizer)
-        with open(self.out / "metrics.jsonl", "w") as f:
+        with atomic_open(self.out / "metrics.jsonl", "w", encoding="utf-8") as f:
             for row in self.state.history:
                 f.write(json.dumps(row) + "\n")
         paths["metrics"] = self.out / "metrics.jsonl"
@@ -449,12 +535,12 @@ class Trainer:
         if evals:
             out.update({k: v for k, v in evals[-1].items() if k.startswith("eval_")})
         if self.dist.main:
-            (self.out / "summary.json").write_text(json.dumps(out, indent=2) + "\n")
+            atomic_write_text(self.out / "summary.json", json.dumps(out, indent=2) + "\n")
         return out
 
 
 def plot_losses(history: list[dict], path: Path) -> Path | None:
-    """Training loss per step (and held-out loss) as a PNG; None without matplotlib."""
+    """Training loss per step (and held-out loss) as a PNG (written atomically); None without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -473,6 +559,9 @@ def plot_losses(history: list[dict], path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
