@@ -11,6 +11,7 @@ import torch
 
 from ..config import Gemma3Config
 from ..errors import WeightsError
+from .check import regular_file
 
 
 @dataclass
@@ -39,10 +40,10 @@ def load_weights(path: str | os.PathLike, tensors: bool = True) -> LoadedWeights
         from .safetensors import config_from_dir, load_safetensors_dir, safetensors_files
 
         config = config_from_dir(path)
-        tok_file = next((path / n for n in ("tokenizer.json", "tokenizer.model") if (path / n).is_file()), None)
+        tok_file = next((path / n for n in ("tokenizer.json", "tokenizer.model") if (path / n).exists()), None)
         if tok_file is None:
             raise WeightsError(f"{path}: no tokenizer.json or tokenizer.model")
-        tokenizer = _tokenizer(Tokenizer.from_file, tok_file)
+        tokenizer = _tokenizer(Tokenizer.from_file, regular_file(tok_file, "tokenizer file"))
         loaded, types = load_safetensors_dir(path, config, read=tensors)
         size = sum(f.stat().st_size for f in safetensors_files(path))
         return LoadedWeights(config, loaded, tokenizer, path, "safetensors", types, size)
@@ -52,16 +53,22 @@ def load_weights(path: str | os.PathLike, tensors: bool = True) -> LoadedWeights
 
     gf = GGUFFile(path)
     config = config_from_gguf(gf)
+    # Names and shapes before the tokenizer: every token then has its embedding row in the file, so the
+    # vocabulary the tokenizer builds is bounded by the file's size.
+    load_gguf_tensors(gf, config, read=False)
+    for key in ("tokenizer.ggml.scores", "tokenizer.ggml.token_type"):
+        n = gf.array_length(key)
+        if n is not None and n != config.vocab_size:
+            raise WeightsError(f"{path}: tokenizer: {key} has {n} entries for {config.vocab_size} tokens")
     tokenizer = _tokenizer(Tokenizer.from_gguf_metadata, gf.metadata, source=path)
     if tokenizer.vocab_size != config.vocab_size:
         raise WeightsError(f"{path}: tokenizer has {tokenizer.vocab_size} tokens, "
                            f"the embedding has {config.vocab_size} rows")
-    loaded = load_gguf_tensors(gf, config, read=tensors)
+    loaded = load_gguf_tensors(gf, config, check=False) if tensors else {}
     types = {}
     for info in gf.tensors.values():
         types[info.type.name] = types.get(info.type.name, 0) + 1
-    meta = {k: v for k, v in gf.metadata.items() if not k.startswith("tokenizer.ggml.")}
-    return LoadedWeights(config, loaded, tokenizer, path, "gguf", types, gf.file_size, meta)
+    return LoadedWeights(config, loaded, tokenizer, path, "gguf", types, gf.file_size, gf.facts())
 
 
 def _tokenizer(build, arg, source=None):

@@ -1,9 +1,24 @@
-"""Strict tensor check: every expected tensor present with the right shape, nothing extra."""
+"""Strict checks of what a weight source holds: every expected tensor present with the right shape, nothing
+extra; only regular files opened."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import Gemma3Config
-from ..errors import WeightsError
+from ..errors import TinyGemmaError, WeightsError
+from ..files import check_regular_file
+
+
+def regular_file(path, what: str) -> Path:
+    """`path` as a Path if it is a regular file (or a link to one); else a one-line WeightsError. A FIFO would
+    block open() forever, a device would be read without end."""
+    try:
+        return check_regular_file(path, what)
+    except WeightsError:
+        raise
+    except TinyGemmaError as e:
+        raise WeightsError(str(e)) from None
 
 
 def expected_shapes(config: Gemma3Config) -> dict[str, tuple[int, ...]]:
