@@ -10,18 +10,30 @@ from safetensors import SafetensorError, safe_open
 
 from ..config import Gemma3Config
 from ..errors import WeightsError
-from .check import check_tensors
+from .check import check_tensors, regular_file
 from .names import hf_to_ours
+
+
+MAX_JSON_BYTES = 4 << 20    # config.json and the shard index (real ones: ~2 KiB and ~100 KiB)
+
+
+def _read_json(file: Path, what: str):
+    regular_file(file, what)
+    size = file.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise WeightsError(f"{file}: {size} bytes; a {what} is far smaller (limit {MAX_JSON_BYTES})")
+    try:
+        return json.loads(file.read_bytes())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise WeightsError(f"{file}: not valid JSON ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                           ) from None
 
 
 def config_from_dir(path: Path) -> Gemma3Config:
     cfg_file = path / "config.json"
-    if not cfg_file.is_file():
+    if not cfg_file.exists():
         raise WeightsError(f"{path}: no config.json (expected a Hugging Face model directory)")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{cfg_file}: not valid JSON ({e})") from None
+    raw = _read_json(cfg_file, "config.json")
     if not isinstance(raw, dict):
         raise WeightsError(f"{cfg_file}: expected a JSON object")
     model_type = raw.get("model_type")
@@ -34,21 +46,40 @@ def config_from_dir(path: Path) -> Gemma3Config:
 
 
 def safetensors_files(path: Path) -> list[Path]:
+    """The shards: those the index names, or every *.safetensors file. Each must be a regular file inside
+    the model folder (no ../, absolute path or link out of it)."""
     index = path / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise WeightsError(f"{index}: malformed index ({e})") from None
-        files = [path / s for s in shards]
-        for f in files:
-            if not f.is_file():
-                raise WeightsError(f"{index}: shard {f.name} is missing")
-        return files
-    files = sorted(path.glob("*.safetensors"))
+    if index.exists():
+        raw = _read_json(index, "shard index")
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise WeightsError(f"{index}: malformed index (expected a weight_map of tensor name -> file name)")
+        files = []
+        return [_inside(path, shard, index) for shard in sorted(set(weight_map.values()))]
+    files = [_inside(path, f.name, path) for f in sorted(path.glob("*.safetensors"))]
     if not files:
         raise WeightsError(f"{path}: no *.safetensors files")
     return files
+
+
+def _inside(folder: Path, name: str, source: Path) -> Path:
+    """folder / name, if it is a regular file that resolves inside folder; else a one-line WeightsError."""
+    if not name or "\0" in name or Path(name).is_absolute():
+        raise WeightsError(f"{source}: shard {_short(name)} is not a file name inside the model folder")
+    file = folder / name
+    try:
+        inside = file.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):     # a link loop
+        inside = False
+    if not inside:
+        raise WeightsError(f"{source}: shard {_short(name)} lies outside the model folder {folder}")
+    if not file.exists():
+        raise WeightsError(f"{source}: shard {_short(name)} is missing")
+    return regular_file(file, "safetensors shard")
+
+
+def _short(text: str) -> str:
+    return repr(text) if len(text) <= 60 else repr(text[:57] + "...")
 
 
 def load_safetensors_dir(path: Path, config: Gemma3Config, read: bool = True
