@@ -10,7 +10,8 @@ One build per CPU class, chosen at run time from the CPU's features (PATHS, best
 All builds share one API and one layout of converted weights. TINYGEMMA_KERNELS in the environment forces a
 path by name (e.g. avx2 on an AVX-512 machine), or turns the native kernels off (0): the fast path then uses
 PyTorch's kernels. Where no native path can run, the reason and its cost are printed once on stderr.
-Shared objects are cached under TINYGEMMA_CACHE (default ~/.cache/tinygemma)/kernels, keyed by source and flags.
+Shared objects are cached under TINYGEMMA_CACHE (default ~/.cache/tinygemma)/kernels, keyed by source and flags,
+each beside a .sha256 file written when it was compiled: one whose bytes no longer match is rebuilt, never loaded.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+from ..files import atomic_path, atomic_write_text
 
 HERE = Path(__file__).parent
 # Activation values per scale in the layers' products: 64 costs +0.47% perplexity against float32 on the
@@ -170,8 +173,14 @@ def _openmp_variants() -> list[list[str]]:
     return variants + [[]]
 
 
+class _CompileError(Exception):
+    pass
+
+
 def build(path: KernelPath, out_dir: Path) -> tuple[Path, bool]:
-    """Compile a kernel path into out_dir (atomically); returns (shared object, whether it uses OpenMP)."""
+    """Compile a kernel path into out_dir (atomically); returns (shared object, whether it uses OpenMP).
+
+    A cached shared object is reused only if its bytes match the SHA-256 recorded when it was compiled."""
     compilers = _compilers()
     if not compilers:
         raise RuntimeError("no C compiler (cc, gcc or clang) on PATH")
@@ -184,22 +193,44 @@ def build(path: KernelPath, out_dir: Path) -> tuple[Path, bool]:
             flags = [*BASE_FLAGS, *path.flags, *omp]
             key = hashlib.sha256(text + " ".join([compiler, *flags]).encode()).hexdigest()[:16]
             target = out_dir / f"q8-{path.name}-{key}.so"
-            if target.exists():
+            if verified(target):
                 return target, bool(omp)
             out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(f".tmp{os.getpid()}")
             try:
-                result = subprocess.run([compiler, *flags, "-o", str(tmp), str(source)], capture_output=True,
-                                        text=True, timeout=300)
-            except (OSError, subprocess.SubprocessError) as e:
+                with atomic_path(target) as tmp:
+                    try:
+                        result = subprocess.run([compiler, *flags, "-o", str(tmp), str(source)],
+                                                capture_output=True, text=True, timeout=300)
+                    except (OSError, subprocess.SubprocessError) as e:
+                        raise _CompileError(str(e)) from None
+                    if result.returncode:
+                        raise _CompileError((result.stderr.strip().splitlines() or ["failed"])[-1])
+                    digest = _sha256(tmp)
+                atomic_write_text(_stamp(target), digest)
+            except _CompileError as e:
                 errors.append(f"{Path(compiler).name}: {e}")
                 continue
-            if result.returncode == 0:
-                os.replace(tmp, target)
-                return target, bool(omp)
-            tmp.unlink(missing_ok=True)
-            errors.append(f"{Path(compiler).name}: {(result.stderr.strip().splitlines() or ['failed'])[-1]}")
+            return target, bool(omp)
     raise RuntimeError(f"compiling {source.name} for {path.name} failed ({errors[-1]})")
+
+
+def _stamp(so: Path) -> Path:
+    return so.with_name(so.name + ".sha256")
+
+
+def _sha256(file: Path) -> str:
+    with open(file, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verified(so: Path) -> bool:
+    """Whether `so` is a regular file whose bytes match the SHA-256 recorded when build() compiled it."""
+    try:
+        if not so.is_file() or so.is_symlink():
+            return False
+        return _stamp(so).read_text().strip() == _sha256(so)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 class Q8:
@@ -207,6 +238,8 @@ class Q8:
 
     def __init__(self, so: Path, path: KernelPath, threaded: bool):
         self.path, self.threaded = path, threaded
+        if not verified(so):      # checked here too: nothing but what build() compiled is ever loaded
+            raise RuntimeError(f"{so}: not the shared object tinygemma compiled (SHA-256 mismatch)")
         lib = ctypes.CDLL(str(so))
         p, i64, f32, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
         lib.tg_quantize.argtypes = [p, i64, i64, p, p]
