@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from typing import Any, Mapping
 
@@ -36,8 +38,25 @@ def save_gguf(path: str | os.PathLike, config: Gemma3Config, tensors: Mapping[st
         try:
             _write(w, config, tensors, tokenizer, tensor_type, dict(types or {}), dict(raw or {}), name,
                    extra_metadata)
-        finally:
-            w.close()
+            w.close()                   # flushes: a failure here is a failed write too
+        except BaseException as e:
+            with contextlib.suppress(OSError):
+                w.close()
+            if isinstance(e, OSError) and e.errno is None:
+                # numpy's tofile reports a short write ("N requested and M written") without its cause; one
+                # more write to the same file finds it (ENOSPC, EFBIG, ...).
+                raise OSError(_write_errno(tmp) or errno.EIO, str(e)) from None
+            raise
+
+
+def _write_errno(path) -> int | None:
+    try:
+        with open(path, "ab") as f:
+            f.write(bytes(1 << 16))
+            f.flush()
+    except OSError as e:
+        return e.errno
+    return None
 
 
 def _write(w: GGUFWriter, config: Gemma3Config, tensors, tokenizer, tensor_type: str, types: dict, raw: dict,

@@ -61,8 +61,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower():
-            raise CheckpointError(f"{path}: refused: the checkpoint holds objects other than tensors and plain "
-                                  f"values (nothing in it was run)") from None
+            # torch's message is a paragraph; the line that says what was refused is enough.
+            detail = next((line.strip() for line in str(e).splitlines() if "nsupported" in line), "")
+            raise CheckpointError(f"{path}: refused: not only tensors and plain values "
+                                  f"({detail or 'weights_only load failed'}); nothing in it was run") from None
         raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
     except Exception as e:     # torch.load raises RuntimeError, EOFError, ... on a damaged or foreign file
         raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None

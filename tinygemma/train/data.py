@@ -63,7 +63,7 @@ def read_rows(path: str | Path) -> list[dict]:
                 raise DataError(f"{path}: empty csv file (a header row is needed)")
             rows = [{"_line": reader.line_num, **row} for row in reader]
         except csv.Error as e:                  # NUL bytes, a field over csv's size limit...
-            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
+            raise DataError(f"{path}:{reader.line_num + 1}: not valid CSV ({e})") from None
     else:
         rows = [{"_line": n, **row} for n, row in read_jsonl(path, DataError)]
     if not rows:
