@@ -24,7 +24,8 @@ def build_parser(p):
     p.add_argument("file", help=".csv (header row) or .jsonl with a text column")
     add_model_args(p)
     p.set_defaults(dtype="float32")     # the weights the adapter was trained on, exactly
-    p.add_argument("--labels", help="comma-separated label set for generative scoring without a trained adapter")
+    p.add_argument("--labels", help="comma-separated label set (at least two, distinct, non-empty) for generative "
+                   "scoring without a trained adapter")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label", help="true labels, copied to the output's label column if present")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="sequences per forward pass")
