@@ -34,6 +34,7 @@ from .cache import IdleCaches, RowCaches, can_truncate, make_cache, truncate
 from .errors import ContextLengthError, TinyGemmaError
 from .generate import StopMatcher
 from .sampling import SamplingParams, make_generator, sample, top_candidates
+from .structured import ConstraintError
 from .tokenizer import StreamDecoder
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Event:
     completion_tokens: int = 0
     cached_tokens: int = 0               # prompt tokens whose keys/values came from an earlier request
     error: str | None = None
+    error_type: str | None = None        # with "error": "invalid_request" (the request's own fault) or "server"
 
 
 class RequestHandle:
@@ -239,6 +241,12 @@ class Engine:
             self._thread.join()
             self._thread = None
 
+    def stop(self) -> None:
+        """Ask the engine thread to stop without waiting (safe in a signal handler): queued and running
+        requests end with finish_reason "cancelled"; new ones are refused. close() waits for it."""
+        self._stop.set()
+        self._wake()
+
     def __enter__(self) -> "Engine":
         return self.start()
 
@@ -326,7 +334,7 @@ class Engine:
                 seq.handle._send(Event("", "error", seq.prompt_len, seq.generated, error=self.failure))
             self._waiting.clear()
             self._active.clear()
-            raise
+            return
         self._receive(block=False)
         for seq in [*self._waiting, *self._active]:
             seq.handle.cancelled = True
@@ -461,12 +469,15 @@ class Engine:
         except Exception as e:
             if seq.state is not State.DONE:
                 log.warning("request %d failed: %s: %s", seq.handle.id, type(e).__name__, e)
-                self._fail(seq, str(e) if isinstance(e, TinyGemmaError) else f"{type(e).__name__}: {e}")
+                if isinstance(e, ConstraintError):    # the request's own grammar gave up (a limit): its fault
+                    self._fail(seq, str(e), "invalid_request")
+                else:
+                    self._fail(seq, str(e) if isinstance(e, TinyGemmaError) else f"{type(e).__name__}: {e}")
             return False
 
-    def _fail(self, seq: _Sequence, error: str) -> None:
+    def _fail(self, seq: _Sequence, error: str, error_type: str = "server") -> None:
         if seq.state is not State.DONE:
-            self._finish(seq, "error", error=error)
+            self._finish(seq, "error", error=error, error_type=error_type)
 
     @staticmethod
     def _constrain(seq: _Sequence, logits: torch.Tensor) -> None:
@@ -487,11 +498,7 @@ class Engine:
             self._finish(seq, "stop")
             return
         if seq.constraint is not None:
-            try:
-                seq.constraint.advance(token)
-            except ValueError as e:
-                self._finish(seq, "error", error=str(e))
-                return
+            seq.constraint.advance(token)      # ConstraintError: _guard ends the request
         seq.tokens.append(token)
         seq.generated += 1
         self.metrics.generated_tokens += 1
@@ -504,7 +511,7 @@ class Engine:
             seq.handle._send(Event(text))
 
     def _finish(self, seq: _Sequence, reason: str, text: str = "", flush: bool = True,
-                error: str | None = None) -> None:
+                error: str | None = None, error_type: str = "server") -> None:
         if flush and reason != "error":
             tail, hit = seq.matcher.feed(seq.decoder.flush())
             text += tail if hit else tail + seq.matcher.flush()
@@ -515,7 +522,8 @@ class Engine:
         if reason != "error" and seq.computed:
             self._idle.put(seq.tokens[:seq.computed], seq.cache)
         seq.cache = None
-        seq.handle._send(Event(text, reason, seq.prompt_len, seq.generated, seq.cached_tokens, error))
+        seq.handle._send(Event(text, reason, seq.prompt_len, seq.generated, seq.cached_tokens, error,
+                               error_type if reason == "error" else None))
 
 
 def generate_all(lm, requests: list[GenerationRequest], batch: int = 32, progress=None) -> list[str]:

@@ -514,9 +514,40 @@ class Tokenizer:
         """Gemma 3's chat template, without the leading ``<bos>`` (``encode_chat`` adds its id).
 
         Roles: optional leading "system" (its content + "\\n\\n" is prepended to the first user
-        turn), then strictly alternating "user" / "assistant" (alias "model"), rendered as
+        turn; a conversation of a system message alone becomes a user turn of it, where Gemma's own template
+        would drop it), then strictly alternating "user" / "assistant" (alias "model"), rendered as
         ``<start_of_turn>{role}\\n{content.strip()}<end_of_turn>\\n``.
         """
+        parts = [f"<start_of_turn>{name}\n{content}<end_of_turn>\n"
+                 for name, content in self._chat_turns(messages)]
+        if add_generation_prompt:
+            parts.append("<start_of_turn>model\n")
+        return "".join(parts)
+
+    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
+        """BOS + the chat template. Only the template's own markers are control tokens: message content is
+        tokenized as text (control tokens not parsed), so "<end_of_turn><start_of_turn>model" written in a
+        message stays text and cannot forge a turn. Without such text the ids equal those of encoding
+        apply_chat_template's string with special tokens parsed."""
+        start, end = self.piece_to_id("<start_of_turn>"), self.piece_to_id("<end_of_turn>")
+        ids = [self.bos_id]
+
+        def marker(tid: int | None, text: str) -> None:
+            ids.extend([tid] if tid is not None else self.encode(text, add_bos=False, parse_special=False))
+
+        for name, content in self._chat_turns(messages):
+            marker(start, "<start_of_turn>")
+            ids.extend(self.encode(f"{name}\n{content}", add_bos=False, parse_special=False))
+            marker(end, "<end_of_turn>")
+            ids.extend(self.encode("\n", add_bos=False, parse_special=False))
+        if add_generation_prompt:
+            marker(start, "<start_of_turn>")
+            ids.extend(self.encode("model\n", add_bos=False, parse_special=False))
+        return ids
+
+    @staticmethod
+    def _chat_turns(messages: list[dict]) -> list[tuple[str, str]]:
+        """(role name, content) of each rendered turn, the conversation checked."""
         if not isinstance(messages, (list, tuple)):
             raise ValueError(f"messages must be a list of dicts, got {type(messages).__name__}")
         for k, m in enumerate(messages):
@@ -531,9 +562,11 @@ class Tokenizer:
         prefix = ""
         loop = list(messages)
         if loop and loop[0]["role"] == "system":
+            if len(loop) == 1:
+                return [("user", loop[0]["content"].strip())]
             prefix = loop[0]["content"] + "\n\n"
             loop = loop[1:]
-        parts: list[str] = []
+        turns = []
         for k, m in enumerate(loop):
             role = m["role"]
             if role == "system":
@@ -543,16 +576,8 @@ class Tokenizer:
                 raise ValueError("conversation roles must alternate user/assistant/user/... "
                                  f"(message {k + len(messages) - len(loop)} is {role!r})")
             name = "model" if role in ("assistant", "model") else "user"
-            content = (prefix if k == 0 else "") + m["content"].strip()
-            parts.append(f"<start_of_turn>{name}\n{content}<end_of_turn>\n")
-        if add_generation_prompt:
-            parts.append("<start_of_turn>model\n")
-        return "".join(parts)
-
-    def encode_chat(self, messages: list[dict], add_generation_prompt: bool = True) -> list[int]:
-        """BOS + the chat template, special tokens parsed."""
-        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
-        return [self.bos_id] + self.encode(text, add_bos=False, parse_special=True)
+            turns.append((name, (prefix if k == 0 else "") + m["content"].strip()))
+        return turns
 
     @property
     def pieces(self) -> list[str]:

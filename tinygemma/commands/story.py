@@ -7,6 +7,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.parse
 import webbrowser
 
 from . import serve
@@ -24,6 +25,8 @@ def build_parser(p):
 def main(args) -> int:
     host = "127.0.0.1" if args.host in WILDCARD_HOSTS else args.host
     url = f"http://{f'[{host}]' if ':' in host else host}:{args.port}/"
+    if args.api_key:            # the page reads it from the fragment, which browsers never send to the server
+        url += f"#key={urllib.parse.quote(args.api_key, safe='')}"
     threading.Thread(target=announce, args=(host, args.port, url, args.open), daemon=True).start()
     return serve.main(args)
 

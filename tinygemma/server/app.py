@@ -22,12 +22,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 
 from ..engine import Engine, Event, GenerationRequest, QueueFullError, RequestHandle
 from ..errors import ContextLengthError
 from ..sampling import SamplingParams
 from ..story import StoryChoices, StoryPrompt, finish_story, story_prompt
 from ..structured import ConstraintError, grammar_for
+from ..tokenize_pool import TokenizerPool
 from .metrics import render_metrics
 from .protocol import MAX_TOKENS_DEFAULT, ChatCompletionRequest, CompletionRequest, SamplingFields, StoryRequest
 
@@ -36,6 +38,12 @@ log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 8 << 20            # a larger request body is refused (413)
 MAX_PROMPT_CHARS_PER_TOKEN = 32     # text beyond context * this cannot fit: refused before tokenizing
 RETRY_AFTER = "1"                   # seconds, on 503
+ENGINE_CHECK_SECONDS = 1.0          # a handler waiting for events checks this often that the engine still runs
+API_PREFIXES = ("/v1/",)
+API_PATHS = ("/v1", "/health", "/metrics")
+# OpenAI request fields this server does not implement: refused with 400 when given (not silently ignored).
+UNSUPPORTED_FIELDS = ("tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "logit_bias",
+                      "audio", "modalities", "prediction", "web_search_options", "top_logprobs")
 # Story sampling: Gemma's top-k/top-p; a light repetition penalty keeps the small base model from looping.
 STORY_TOP_K = 64
 STORY_TOP_P = 0.95
@@ -58,44 +66,103 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+BODY_METHODS = ("POST", "PUT", "PATCH")
+
+
+def host_allowed(host_header: str, allowed: tuple[str, ...] | None) -> bool:
+    """Whether a Host header ("name", "name:port", "[v6]:port") names one of `allowed` (None: any)."""
+    if allowed is None:
+        return True
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1:host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    host = host.rstrip(".")
+    return any(host == a or a.startswith("*.") and host.endswith(a[1:]) for a in allowed)
+
+
 class Guard:
-    """Refuses oversized bodies (413) and, with an API key, requests to /v1 and /metrics without it (401).
+    """In front of every route: the Host allowlist (400), the API key on /v1 and /metrics (401), and the body
+    size limit (413) however the body arrives (Content-Length or chunked: it is read here, at most
+    MAX_BODY_BYTES of it, before the app sees it).
 
     Plain ASGI middleware: Starlette's BaseHTTPMiddleware would hide client disconnects from the routes.
     """
 
-    def __init__(self, app, api_key: str | None):
-        self.app, self.api_key = app, api_key
+    def __init__(self, app, api_key: str | None, allowed_hosts: tuple[str, ...] | None):
+        self.app, self.allowed_hosts = app, allowed_hosts
+        self.api_key = api_key.encode("utf-8") if api_key is not None else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
             response = self.refusal(scope)
+            if response is None and scope["method"] in BODY_METHODS:
+                response, receive = await self.read_body(receive)
             if response is not None:
                 return await response(scope, receive, send)
         await self.app(scope, receive, send)
 
     def refusal(self, scope) -> JSONResponse | None:
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        length = headers.get("content-length")
+        headers = dict(scope["headers"])       # raw bytes: a key is compared as UTF-8 bytes
+        host = headers.get(b"host")
+        if host is not None and not host_allowed(host.decode("latin-1"), self.allowed_hosts):
+            return error_response(400, f"Host {host.decode('latin-1')!r} is not allowed by this server "
+                                       "(serve --allowed-hosts)", param="Host")
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
             return error_response(413, f"request body larger than {MAX_BODY_BYTES} bytes")
         path = scope["path"]
-        if self.api_key and (path.startswith("/v1/") or path == "/metrics"):
-            scheme, _, token = headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
+        if self.api_key is not None and (path.startswith("/v1/") or path == "/metrics"):
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
                 return error_response(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
                                       "authentication_error", "invalid_api_key",
                                       headers={"WWW-Authenticate": "Bearer"})
         return None
 
+    @staticmethod
+    async def read_body(receive):
+        """(413 response or None, a receive that replays the body read): the body is read here, whole, and
+        refused as soon as it passes MAX_BODY_BYTES, whatever Content-Length said (or did not say)."""
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":         # the client went away: let the app see it
+                chunks.append(message)
+                break
+            size += len(message.get("body", b""))
+            if size > MAX_BODY_BYTES:
+                return error_response(413, f"request body larger than {MAX_BODY_BYTES} bytes"), receive
+            chunks.append(message)
+            if not message.get("more_body", False):
+                break
+        if chunks and chunks[0]["type"] == "http.request":
+            body = b"".join(m.get("body", b"") for m in chunks if m["type"] == "http.request")
+            rest = [m for m in chunks if m["type"] != "http.request"]
+            chunks = [{"type": "http.request", "body": body, "more_body": False}, *rest]
+        replay = list(chunks)
+
+        async def replayed():
+            return replay.pop(0) if replay else await receive()
+
+        return None, replayed
+
 
 def create_app(engine: Engine, model_name: str, api_key: str | None = None,
-               static_dir: str | Path | None = None, instruction_tuned: bool = False) -> FastAPI:
+               static_dir: str | Path | None = None, instruction_tuned: bool = False,
+               allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS) -> FastAPI:
     """The ASGI app. It starts the engine on startup and closes it on shutdown.
 
+    api_key: required as 'Authorization: Bearer KEY' on /v1 and /metrics (None: no key; "" is refused).
     static_dir: a folder served at `/` (the story page). instruction_tuned: /v1/story prompts through the
-    chat template rather than a story-book page to continue.
+    chat template rather than a story-book page to continue. allowed_hosts: the names the Host header may
+    give (port aside; "*.example.com" for subdomains; None: any) against DNS rebinding.
     """
+    if api_key is not None and not api_key.strip():
+        raise ValueError("the API key is empty: give a real key, or none to serve without one")
+    tokenizing = TokenizerPool(engine.tokenizer)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -103,13 +170,13 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
         try:
             yield
         finally:
+            tokenizing.close()
             await anyio.to_thread.run_sync(engine.close)
 
     app = FastAPI(title="tinygemma", lifespan=lifespan, docs_url=None, redoc_url=None)
-    tokenizer = engine.tokenizer
     vocab = engine.model.config.vocab_size
 
-    app.add_middleware(Guard, api_key=api_key)
+    app.add_middleware(Guard, api_key=api_key, allowed_hosts=allowed_hosts)
 
     @app.exception_handler(APIError)
     async def api_error(request, e: APIError):
@@ -135,8 +202,11 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
         log.exception("unhandled error")
         return error_response(500, f"internal error: {type(e).__name__}", "server_error")
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health():
+        if not engine.alive:
+            return JSONResponse({"status": "error", "error": engine.failure or "the engine is not running",
+                                 **engine.stats()}, status_code=503)
         return {"status": "ok", **engine.stats()}
 
     @app.get("/metrics")
@@ -150,6 +220,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
+        refuse_unsupported(body)
         if body.echo or body.suffix:
             raise APIError(400, "echo and suffix are not supported", param="echo" if body.echo else "suffix")
 
@@ -161,30 +232,45 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
                 prompt = prompt[0]
             if isinstance(prompt, str):
                 check_prompt_chars(len(prompt))
-                return tokenizer.encode(prompt, add_bos=True)
+                return tokenizing.encode(prompt, add_bos=True)
             if not prompt:
                 raise APIError(400, "prompt is empty", param="prompt")
             return list(prompt)
 
-        ids = await anyio.to_thread.run_sync(encode)
+        ids = await tokenize(encode)
         return await respond(request, body, ids, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
+        refuse_unsupported(body)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
 
         def encode():
             check_prompt_chars(sum(len(m["content"]) for m in messages))
             try:
-                return tokenizer.encode_chat(messages)
+                return tokenizing.encode_chat(messages)
             except ValueError as e:
                 raise APIError(400, str(e), param="messages") from None
 
-        ids = await anyio.to_thread.run_sync(encode)
+        ids = await tokenize(encode)
         if body.max_completion_tokens is not None:
             body.max_tokens = body.max_completion_tokens
         return await respond(request, body, ids, chat=True)
+
+    async def tokenize(encode):
+        try:
+            return await anyio.to_thread.run_sync(encode)
+        except RuntimeError as e:       # the tokenizer worker died (e.g. out of memory): this request alone
+            raise APIError(500, str(e), "server_error") from None
+
+    def refuse_unsupported(body) -> None:
+        """OpenAI fields this server cannot honour are refused (400), never silently ignored."""
+        for name in UNSUPPORTED_FIELDS:
+            value = getattr(body, name)
+            if value not in (None, False, "none") and value != [] and value != {}:   # "none": no tools
+                raise APIError(400, f"'{name}' is not supported by this server", param=name,
+                               code="unsupported_parameter")
 
     def check_prompt_chars(n: int) -> None:
         if n > engine.context * MAX_PROMPT_CHARS_PER_TOKEN:
@@ -263,7 +349,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
         watcher = asyncio.create_task(cancel_on_disconnect(request, handle))
         try:
             while True:
-                event = await events.get()
+                event = await next_event(events)
                 parts.append(event.text)
                 if event.finish_reason is not None:
                     finished = True
@@ -299,7 +385,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
             if chat:
                 yield chunk(None, first=True)
             while True:
-                event = await events.get()
+                event = await next_event(events)
                 if event.finish_reason is not None:
                     finished = True
                     if event.finish_reason in ("error", "cancelled"):
@@ -323,20 +409,29 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
 
         def encode():
             if prompt.messages is not None:
-                return tokenizer.encode_chat(prompt.messages)
-            return tokenizer.encode(prompt.text, add_bos=True)
+                return tokenizing.encode_chat(prompt.messages)
+            return tokenizing.encode(prompt.text, add_bos=True)
 
-        ids = await anyio.to_thread.run_sync(encode)
+        ids = await tokenize(encode)
         params = SamplingParams(temperature=body.temperature, top_k=STORY_TOP_K, top_p=STORY_TOP_P,
                                 repetition_penalty=STORY_REPETITION_PENALTY, seed=body.seed)
         handle, events = await submit(GenerationRequest(ids, params, prompt.max_tokens, prompt.stop), chat=False)
-        return StreamingResponse(story_stream(handle, events, prompt), media_type="text/event-stream",
+        return StreamingResponse(story_stream(handle, events, prompt, next_event), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def next_event(events: asyncio.Queue[Event]) -> Event:
+        """The next event of a request; an error event if the engine thread died meanwhile (never hangs)."""
+        while True:
+            try:
+                return await asyncio.wait_for(events.get(), ENGINE_CHECK_SECONDS)
+            except asyncio.TimeoutError:
+                if not engine.alive:
+                    return Event("", "error", error=engine.failure or "the engine stopped")
 
     return _with_static(app, static_dir)
 
 
-async def story_stream(handle: RequestHandle, events: asyncio.Queue[Event], prompt: StoryPrompt):
+async def story_stream(handle: RequestHandle, events: asyncio.Queue[Event], prompt: StoryPrompt, next_event):
     """SSE for /v1/story: {"title", "text": opening}, {"text"} pieces, then {"finish_reason", "story", "usage"}.
 
     "story" is the whole text finished by story.finish_story (cut to its last full sentence): the page shows
@@ -347,7 +442,7 @@ async def story_stream(handle: RequestHandle, events: asyncio.Queue[Event], prom
     try:
         yield sse({"title": prompt.title, "text": prompt.opening})
         while True:
-            event = await events.get()
+            event = await next_event(events)
             if event.finish_reason is not None:
                 finished = True
                 break
@@ -365,11 +460,22 @@ async def story_stream(handle: RequestHandle, events: asyncio.Queue[Event], prom
             handle.cancel()
 
 
+class StaticMount(Mount):
+    """The page's files at `/`, but not the API's paths: an unknown /v1 path is a JSON 404, a known one with
+    the wrong method a 405 (the router's answers), instead of the static folder's 404."""
+
+    def matches(self, scope):
+        path = scope.get("path", "")
+        if path.startswith(API_PREFIXES) or path in API_PATHS:
+            return Match.NONE, {}
+        return super().matches(scope)
+
+
 def _with_static(app: FastAPI, static_dir: str | Path | None) -> FastAPI:
     if static_dir is not None:
         from fastapi.staticfiles import StaticFiles
 
-        app.mount("/", StaticFiles(directory=str(static_dir), html=True), name="static")
+        app.router.routes.append(StaticMount("/", StaticFiles(directory=str(static_dir), html=True), name="static"))
     return app
 
 
@@ -394,11 +500,15 @@ def failure_body(event: Event) -> dict:
     if event.finish_reason == "cancelled":
         return {"message": "the server is shutting down", "type": "server_error", "param": None,
                 "code": "cancelled"}
+    if event.error_type == "invalid_request":
+        return {"message": event.error, "type": "invalid_request_error", "param": None, "code": None}
     return {"message": event.error or "generation failed", "type": "server_error", "param": None, "code": None}
 
 
 def check_failure(event: Event) -> None:
     if event.finish_reason == "cancelled":
         raise APIError(503, "the server is shutting down", "server_error", headers={"Retry-After": RETRY_AFTER})
+    if event.finish_reason == "error" and event.error_type == "invalid_request":
+        raise APIError(400, event.error or "invalid request")
     if event.finish_reason == "error":
         raise APIError(500, event.error or "generation failed", "server_error")

@@ -7,7 +7,7 @@ output matches this regex), named as vLLM names them.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -70,6 +70,19 @@ class SamplingFields(_Model):
         None, min_length=1, max_length=MAX_CHOICES)
     guided_regex: str | None = Field(None, min_length=1)
     user: str | None = None
+    # OpenAI fields this server does not implement: declared so that a request giving them is refused (400,
+    # app.UNSUPPORTED_FIELDS) instead of having them silently ignored.
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    parallel_tool_calls: Any = None
+    logit_bias: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    top_logprobs: Any = None
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -35,6 +35,7 @@ const CUSTOM_HINT = {character: "a shy penguin", setting: "in a lighthouse", twi
 const DEFAULTS = {character: "a curious cat", setting: "in a magical forest", twist: "finds a glowing key",
                   theme: "friendship", length: "short"};
 const HISTORY_KEY = "tinygemma.stories";
+const API_KEY = "tinygemma.apiKey";    // sessionStorage: the server's API key, from the address (#key=KEY)
 const HISTORY_SIZE = 10;
 const SENTENCE = /[^.!?]*(?:[.!?]+["'”’)]*|$)/g;    // every character lands in some sentence
 
@@ -199,12 +200,14 @@ async function generate({choices, seed, base}) {
   setStatus("Writing…");
   render(true);
   try {
-    const response = await fetch("v1/story", {
+    const request = () => fetch("v1/story", {
       method: "POST",
-      headers: {"Content-Type": "application/json"},
+      headers: {"Content-Type": "application/json", ...authorization()},
       body: JSON.stringify({...choices, seed, story: base}),
       signal: controller.signal,
     });
+    let response = await request();
+    if (response.status === 401 && askForKey()) response = await request();
     if (!response.ok) throw new Error(await errorMessage(response));
     for await (const data of sseEvents(response)) {
       if (data.error) throw new Error(data.error.message);
@@ -251,11 +254,34 @@ function finishStats(usage, started, firstAt) {
     + `first words after ${ttft.toFixed(2)} s, ${rate.toFixed(1)} tokens/s · seed ${current.seed}`);
 }
 
+// ---- API key (serve --api-key): from the address's #key=KEY (never sent to the server as part of the
+// URL), kept for this tab only, sent as 'Authorization: Bearer KEY'; asked for when the server says 401.
+
+function takeKeyFromAddress() {
+  const match = location.hash.match(/(?:^#|&)key=([^&]*)/);
+  if (!match) return;
+  sessionStorage.setItem(API_KEY, decodeURIComponent(match[1]));
+  history.replaceState(null, "", location.pathname + location.search);    // the key leaves the address bar
+}
+
+function authorization() {
+  const key = sessionStorage.getItem(API_KEY);
+  return key ? {"Authorization": `Bearer ${key}`} : {};
+}
+
+function askForKey() {
+  const key = window.prompt("This story server needs its API key (serve --api-key):");
+  if (!key) return false;
+  sessionStorage.setItem(API_KEY, key.trim());
+  return true;
+}
+
 async function errorMessage(response) {
   try {
     const body = await response.json();
     if (body.error && body.error.message) return body.error.message;
   } catch (_) { /* not JSON: fall through */ }
+  if (response.status === 401) return "this server needs its API key: open the address with #key=KEY";
   return response.status === 503 ? "the server is busy; try again in a moment" : `HTTP ${response.status}`;
 }
 
@@ -422,6 +448,7 @@ function reset() {
 
 function init() {
   buildCards();
+  takeKeyFromAddress();
   pendingSeed = seedFromUrl();
   setChoices({...DEFAULTS, ...choicesFromUrl()});
   form.addEventListener("change", reflectInUrl);
