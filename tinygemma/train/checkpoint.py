@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -58,7 +59,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     check_regular_file(path, "checkpoint")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():      # a foreign file draws torch's pickle-protocol warning; the error says it
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "weights only" in str(e).lower():
             # torch's message is a paragraph; the line that says what was refused is enough.
