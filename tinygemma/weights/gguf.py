@@ -424,6 +424,8 @@ def config_from_gguf(gf: GGUFFile) -> Gemma3Config:
     embd = gf.tensors.get("token_embd.weight")
     n_tokens = gf.array_length("tokenizer.ggml.tokens")
     vocab = n_tokens if n_tokens is not None else (embd.shape[0] if embd else 0)
+    if not vocab:
+        fail("no vocabulary (no tokenizer.ggml.tokens, no token_embd.weight)")
     if size_problem("vocab_size", vocab):
         fail(f"vocabulary: {size_problem('vocab_size', vocab)}")
     key = "gemma3.attention.sliding_window_pattern"

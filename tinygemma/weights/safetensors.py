@@ -79,7 +79,7 @@ def _inside(folder: Path, name: str, source: Path) -> Path:
 
 
 def _short(text: str) -> str:
-    return repr(text) if len(text) <= 60 else repr(text[:57] + "...")
+    return repr(text) if len(text) <= 200 else repr(text[:197] + "...")
 
 
 def load_safetensors_dir(path: Path, config: Gemma3Config, read: bool = True
