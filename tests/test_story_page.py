@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import time
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, quote, urlparse
 
 import httpx
 import pytest
@@ -134,6 +134,43 @@ def test_pick_generate_stream_download_continue(page, url, tmp_path):
     assert page.locator("#history-list li").count() == 2                # the story and its continuation
     page.reload()
     assert page.locator("#history-list li").count() == 2                # kept in localStorage
+
+
+@pytest.fixture(scope="module")
+def keyed_url():
+    model, tok = rambling_tiny_model()
+    app = create_app(Engine(model, tok, EngineConfig(context=8192)), "tiny", static_dir=STATIC_DIR, api_key=API_KEY)
+    with serve(app) as base:
+        yield base
+
+
+API_KEY = "s3cret key/+="
+
+
+def test_page_works_under_an_api_key(page, keyed_url):
+    """serve --api-key: the page takes the key from its address's fragment (never sent as part of a URL),
+    drops it from the address bar, and sends it with its requests."""
+    page.goto(f"{keyed_url}/?length=short#key={quote(API_KEY, safe='')}")
+    assert "key=" not in page.url
+    page.get_by_role("button", name="Make my story").click()
+    page.wait_for_selector(DONE, timeout=WAIT_MS)
+    assert len(story_text(page)) > 100
+
+
+def test_page_asks_for_the_key_when_the_server_wants_one(browser, keyed_url):
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.once("dialog", lambda dialog: dialog.accept(API_KEY))
+        page.goto(f"{keyed_url}/?length=short")
+        page.get_by_role("button", name="Make my story").click()
+        page.wait_for_selector(DONE, timeout=WAIT_MS)
+        page.reload()                                # the key stays for this tab
+        page.get_by_role("button", name="Make my story").click()
+        page.wait_for_function("document.getElementById('status').textContent.startsWith('Done')",
+                               timeout=WAIT_MS)
+    finally:
+        context.close()
 
 
 def test_stop_ends_the_stream_and_frees_the_slot(page, url):

@@ -131,7 +131,8 @@ class Constraint:
         self._check()
         self._first = self._allowed()
         # llguidance stops with NoExtensionBias when its grammar allows no token at all.
-        if not self._first.any() or self.matcher.is_error() and _one_line(self.matcher.get_error()) == "NoExtensionBias":
+        nothing = self.matcher.is_error() and _one_line(self.matcher.get_error()) == "NoExtensionBias"
+        if nothing or not self._first.any():
             raise ConstraintError("constraint cannot be satisfied: no output matches it")
         self._check()
 

@@ -83,6 +83,11 @@ def host_allowed(host_header: str, allowed: tuple[str, ...] | None) -> bool:
     return any(host == a or a.startswith("*.") and host.endswith(a[1:]) for a in allowed)
 
 
+def too_large() -> JSONResponse:
+    """413, and the connection closed after it: the server does not read (and parse) the rest of the body."""
+    return error_response(413, f"request body larger than {MAX_BODY_BYTES} bytes", headers={"Connection": "close"})
+
+
 class Guard:
     """In front of every route: the Host allowlist (400), the API key on /v1 and /metrics (401), and the body
     size limit (413) however the body arrives (Content-Length or chunked: it is read here, at most
@@ -112,7 +117,7 @@ class Guard:
                                        "(serve --allowed-hosts)", param="Host")
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return error_response(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+            return too_large()
         path = scope["path"]
         if self.api_key is not None and (path.startswith("/v1/") or path == "/metrics"):
             scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
@@ -134,7 +139,7 @@ class Guard:
                 break
             size += len(message.get("body", b""))
             if size > MAX_BODY_BYTES:
-                return error_response(413, f"request body larger than {MAX_BODY_BYTES} bytes"), receive
+                return too_large(), receive
             chunks.append(message)
             if not message.get("more_body", False):
                 break
