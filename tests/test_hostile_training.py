@@ -367,6 +367,12 @@ def test_csv_with_a_byte_order_mark_reads(tmp_path):
     assert D.read_rows(path) == [{"_line": 2, "text": "hello", "label": "a"}]
 
 
+def test_jsonl_with_a_byte_order_mark_reads(tmp_path):
+    path = tmp_path / "notepad.jsonl"
+    path.write_bytes('\ufeff{"text": "hello", "label": "a"}\n'.encode("utf-8"))
+    assert D.read_rows(path) == [{"_line": 1, "text": "hello", "label": "a"}]
+
+
 def test_missing_text_column_via_cli(files, tmp_path, capsys):
     write_jsonl(tmp_path / "notext.jsonl", [{"sentence": "a", "label": "x"}, {"sentence": "b", "label": "y"}])
     assert cli.main(["classify", str(tmp_path / "notext.jsonl"), "--labels", "x,y", "--model", MISSING,

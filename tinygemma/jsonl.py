@@ -10,7 +10,7 @@ def read_jsonl(path: str | Path, error: type[Exception] = ValueError) -> list[tu
     """(line number, object) for every non-blank line; `error` (a one-line message) for a line that is not a
     JSON object."""
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:      # -sig: a byte-order mark (as some editors write) is skipped
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
