@@ -128,20 +128,25 @@ async def raw(port: int, data: bytes, hold: float = 0.0, read: bool = True) -> i
 
 
 async def chunked_bomb(port: int, total: int = 64 << 20, piece: int = 1 << 20) -> int:
+    """Stream a chunked body of `total` bytes; the status the server answers (it should not wait for the end)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    status = asyncio.ensure_future(reader.readline())       # read while writing: the answer comes early
     try:
         writer.write(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n")
         chunk = b"%x\r\n" % piece + b" " * piece + b"\r\n"
         for _ in range(total // piece):
+            if status.done():
+                break
             writer.write(chunk)
             await writer.drain()
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        else:
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
     except ConnectionError:
         pass
     try:
-        line = await asyncio.wait_for(reader.readline(), 30)
+        line = await asyncio.wait_for(status, 30)
         return int(line.split()[1]) if line else -1
     except (ConnectionError, asyncio.TimeoutError, IndexError, ValueError):
         return -1

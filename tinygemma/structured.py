@@ -25,15 +25,18 @@ import torch
 JSON_OPTIONS = {"whitespace_flexible": False}
 MAX_GRAMMAR_CHARS = 100_000      # a larger schema, regex or label list is refused
 # Work llguidance may do for one grammar: lexer states in all (memory) and lexer steps per token mask (time).
-# A regex like "a{1000000}" or "((a{100}){100}){100}" otherwise takes seconds per mask; with these it gets a
-# one-line error instead. Ordinary JSON schemas, regexes and label lists stay far below them.
-LEXER_STATES = 50_000
-INITIAL_LEXER_FUEL = 200_000
-STEP_LEXER_FUEL = 50_000
+# A regex like "a{1000000}" or "((a{100}){100}){100}" otherwise costs 0.2-0.4 s of CPU at its first mask and
+# again in the engine thread at its first token (stalling every stream); with these it fails in ~10-20 ms
+# (an error the request alone gets). JSON schemas, label lists and everyday regexes mask in < 1 ms, far below
+# them; a{5000} still works (~9 ms a step).
+LEXER_STATES = 10_000
+INITIAL_LEXER_FUEL = 20_000
+STEP_LEXER_FUEL = 10_000
 # Characters that are special in llguidance's (Rust) regex syntax, escaped as Rust's regex::escape does.
 REGEX_META = set("\\.+*?()|[]{}^$#&-~")
 
 _tokenizers_lock = threading.Lock()
+_compile_lock = threading.Lock()     # one grammar compiles at a time: a burst of them takes one core, not all
 
 
 class ConstraintError(ValueError):
@@ -127,9 +130,11 @@ class Constraint:
         self.vocab_size = tokenizer.vocab_size
         limits = LLParserLimits(max_lexer_states=LEXER_STATES, initial_lexer_fuel=INITIAL_LEXER_FUEL,
                                 step_lexer_fuel=STEP_LEXER_FUEL)
-        self.matcher = LLMatcher(lltokenizer(tokenizer), grammar, log_level=0, limits=limits)
-        self._check()
-        self._first = self._allowed()
+        llt = lltokenizer(tokenizer)
+        with _compile_lock:
+            self.matcher = LLMatcher(llt, grammar, log_level=0, limits=limits)
+            self._check()
+            self._first = self._allowed()
         # llguidance stops with NoExtensionBias when its grammar allows no token at all.
         nothing = self.matcher.is_error() and _one_line(self.matcher.get_error()) == "NoExtensionBias"
         if nothing or not self._first.any():

@@ -49,6 +49,10 @@ class TokenizerPool:
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """Start the worker now (pickling the tokenizer, ~0.1 s) rather than on the first long text."""
+        self._get_pool()
+
     def encode(self, text: str, **kwargs) -> list[int]:
         return self._run(len(text), "encode", (text,), kwargs)
 

@@ -28,7 +28,7 @@ from ..engine import Engine, Event, GenerationRequest, QueueFullError, RequestHa
 from ..errors import ContextLengthError
 from ..sampling import SamplingParams
 from ..story import StoryChoices, StoryPrompt, finish_story, story_prompt
-from ..structured import ConstraintError, grammar_for
+from ..structured import ConstraintError, grammar_for, lltokenizer
 from ..tokenize_pool import TokenizerPool
 from .metrics import render_metrics
 from .protocol import MAX_TOKENS_DEFAULT, ChatCompletionRequest, CompletionRequest, SamplingFields, StoryRequest
@@ -171,6 +171,10 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
 
     @asynccontextmanager
     async def lifespan(app):
+        # Built before serving, not by the first request that needs them: building llguidance's view of a
+        # 262,144-token vocabulary is ~1 s of Python holding the GIL, which would stall every stream.
+        await anyio.to_thread.run_sync(lltokenizer, engine.tokenizer)
+        await anyio.to_thread.run_sync(tokenizing.start)
         engine.start()
         try:
             yield
