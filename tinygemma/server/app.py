@@ -419,7 +419,7 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None,
         def encode():
             if prompt.messages is not None:
                 return tokenizing.encode_chat(prompt.messages)
-            return tokenizing.encode(prompt.text, add_bos=True)
+            return tokenizing.encode(prompt.text, add_bos=True, parse_special=False)   # choices are text
 
         ids = await tokenize(encode)
         params = SamplingParams(temperature=body.temperature, top_k=STORY_TOP_K, top_p=STORY_TOP_P,
