@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 
 
@@ -38,3 +42,22 @@ def serve(app):
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+def start_serve_process(model: str, *flags: str, timeout: float = 60) -> tuple[subprocess.Popen, str]:
+    """`python -m tinygemma serve --model MODEL FLAGS` on a free loopback port, one OpenMP thread; returns the
+    process (stderr piped, text) and its base URL once /health answers 200."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "tinygemma", "serve", "--model", model, "--port", str(port),
+                             *flags], env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while True:
+        try:
+            if httpx.get(f"{base}/health").status_code == 200:
+                return proc, base
+        except httpx.ConnectError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise AssertionError(f"tinygemma serve did not start: {proc.stderr.read()}")
+            time.sleep(0.2)

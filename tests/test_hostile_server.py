@@ -4,7 +4,6 @@ hold, and SIGTERM ends requests in flight at once."""
 
 import json
 import os
-import resource
 import signal
 import socket
 import subprocess
@@ -16,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-import torch
 
 from tinygemma import fast
 from tinygemma.engine import Engine, EngineConfig, GenerationRequest
@@ -26,7 +24,7 @@ from tinygemma.server import STATIC_DIR, create_app
 from tinygemma.server.app import MAX_BODY_BYTES
 from tinygemma.structured import ConstraintError, grammar_for
 
-from serving import free_port, serve
+from serving import serve, start_serve_process
 from tinymodels import random_tensors, tiny_config, tiny_tokenizer
 
 HOSTILE_SAMPLING = [{"temperature": 1e-300}, {"repetition_penalty": 1e-300}, {"top_k": 0, "top_p": 1e-300},
@@ -162,13 +160,6 @@ def test_dead_engine_thread_shows_in_health_and_ends_waiting_requests(tiny, monk
 
 
 # ---------------------------------------------------------------------------------------------- bodies
-
-
-def chunked_request(path: str, total: int, piece: int = 1 << 20) -> bytes:
-    chunk = b"%x\r\n" % piece + b"x" * piece + b"\r\n"
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n").encode()
-    return head + chunk * (total // piece) + b"0\r\n\r\n"
 
 
 def test_chunked_body_over_the_limit_gets_413_without_reading_it_all(url):
@@ -353,21 +344,9 @@ def test_allowed_hosts_flag():
 def test_sigterm_ends_requests_in_flight_within_seconds(tmp_path):
     cfg = tiny_config(max_position_embeddings=1 << 14)
     save_gguf(tmp_path / "tiny.gguf", cfg, random_tensors(cfg, 0), tiny_tokenizer())
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tinygemma", "serve", "--model", str(tmp_path / "tiny.gguf"),
-                             "--dtype", "float32", "--port", str(port), "--ctx", "8192"],
-                            env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
+    proc, base = start_serve_process(str(tmp_path / "tiny.gguf"), "--dtype", "float32", "--ctx", "8192")
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.ConnectError:
-                assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-                time.sleep(0.2)
-        events, ended = [], threading.Event()
+        events = []
 
         def stream():
             try:
@@ -378,7 +357,6 @@ def test_sigterm_ends_requests_in_flight_within_seconds(tmp_path):
                             events.append(line[6:])
             except httpx.HTTPError as e:
                 events.append(f"transport: {e}")
-            ended.set()
 
         threads = [threading.Thread(target=stream) for _ in range(3)]
         for t in threads:

@@ -22,7 +22,7 @@ from tinygemma.engine import Engine, EngineConfig
 from tinygemma.export.gguf import save_gguf
 from tinygemma.server import create_app
 
-from serving import free_port, serve
+from serving import serve, start_serve_process
 from tinymodels import random_tensors, tiny_config, tiny_tokenizer
 
 # A request that runs until cancelled: the regex allows no end before 8000 letters.
@@ -288,21 +288,11 @@ def test_serve_command(tmp_path):
     """`tinygemma serve` as a real process: binds loopback, answers, stops on SIGINT."""
     cfg = tiny_config()
     save_gguf(tmp_path / "tiny.gguf", cfg, random_tensors(cfg, 0), tiny_tokenizer())
-    port = free_port()
+    proc, base = start_serve_process(str(tmp_path / "tiny.gguf"), "--dtype", "float32", "--max-batch", "4",
+                                     "--ctx", "128")
+    port = base.rsplit(":", 1)[1]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "tinygemma", "serve", "--model", str(tmp_path / "tiny.gguf"),
-                             "--dtype", "float32", "--port", str(port), "--max-batch", "4", "--ctx", "128"],
-                            env=env, stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.ConnectError:
-                assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
-                time.sleep(0.2)
         r = client(base).completions.create(model="tiny", prompt="once", max_tokens=3)
         assert r.usage.completion_tokens <= 3 and client(base).models.list().data[0].id == "tiny"
     finally:
