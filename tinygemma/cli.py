@@ -20,6 +20,7 @@ COMMANDS = {
     "finetune": "fine-tune (LoRA or full) on a .jsonl/.csv file: language modelling or classification",
     "classify": "predict the labels of a .csv/.jsonl file with a fine-tuned classifier",
     "export": "write a model (with a LoRA adapter merged) as GGUF or a Hugging Face directory",
+    "chat-data": "build chat-format instruction data (jsonl + data card) from instruction sets",
 }
 
 
@@ -27,14 +28,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygemma", description="Gemma 3 on your own machine.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f".commands.{name}", __package__)
+        module = importlib.import_module(f".commands.{name.replace('-', '_')}", __package__)
         module.build_parser(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(f".commands.{args.command}", __package__)
+    module = importlib.import_module(f".commands.{args.command.replace('-', '_')}", __package__)
     try:
         return module.main(args) or 0
     except KeyboardInterrupt:

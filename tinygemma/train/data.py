@@ -87,15 +87,17 @@ def lm_examples(path, rows: list[dict], tokenizer, max_length: int) -> list[Exam
         raise DataError(f"{path}:{first['_line']}: a row needs 'text', 'prompt'/'completion' or 'messages'")
     out = []
     for row in rows:
+        if kind == "messages":
+            ids, trained = chat_tokens(path, row, tokenizer)
+            out.append(_lm_example(path, row, ids[:max_length], trained[:max_length]))
+            continue
         if kind == "text":
             segments = [(_field(path, row, "text"), True)]
-        elif kind == "prompt":
-            segments = [(_field(path, row, "prompt"), False), (_field(path, row, "completion"), True)]
         else:
-            segments = chat_segments(path, row, tokenizer)
+            segments = [(_field(path, row, "prompt"), False), (_field(path, row, "completion"), True)]
         ids, trained = [tokenizer.bos_id], [False]
         for text, train in segments:
-            piece = tokenizer.encode(text, add_bos=False, parse_special=kind == "messages")
+            piece = tokenizer.encode(text, add_bos=False)
             ids += piece
             trained += [train] * len(piece)
         if kind == "prompt":            # a completion ends with <eos>, so the model learns to stop
@@ -113,24 +115,32 @@ def _lm_example(path, row, ids: list[int], trained: list[bool]) -> Example:
     return Example(ids, targets)
 
 
-def chat_segments(path, row: dict, tokenizer) -> list[tuple[str, bool]]:
-    """The chat template split into (text, trained) pieces: each assistant turn's content and <end_of_turn>
-    are trained, everything else (system, user turns, role headers) is context."""
+def chat_tokens(path, row: dict, tokenizer) -> tuple[list[int], list[bool]]:
+    """The conversation's ids through the chat template (tokenizer.encode_chat: message content is text, only
+    the template's markers are control tokens, as at inference) and which of them are trained: each assistant
+    turn's content and its <end_of_turn>; everything else (system, user turns, role headers) is context."""
     messages = _field(path, row, "messages", list)
     for m in messages:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise DataError(f"{path}:{row['_line']}: field 'messages' needs objects with string 'role' and 'content'")
     if not any(m["role"] in ("assistant", "model") for m in messages):
         raise DataError(f"{path}:{row['_line']}: field 'messages' has no assistant turn to train on")
-    segments, done = [], ""
-    for i, m in enumerate(messages):
-        if m["role"] not in ("assistant", "model"):
-            continue
-        prompt = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(messages[:i + 1], add_generation_prompt=False)
-        segments += [(prompt[len(done):], False), (full[len(prompt):], True)]
-        done = full
-    return segments
+    ids, trained = [tokenizer.bos_id], [False]
+    try:
+        for i, m in enumerate(messages):
+            if m["role"] not in ("assistant", "model"):
+                continue
+            prompt = tokenizer.encode_chat(messages[:i], add_generation_prompt=True)
+            full = tokenizer.encode_chat(messages[:i + 1], add_generation_prompt=False)
+            if prompt[:len(ids)] != ids or full[:len(prompt)] != prompt:
+                raise DataError(f"{path}:{row['_line']}: the conversation does not split into turns")
+            trained += [False] * (len(prompt) - len(ids)) + [True] * (len(full) - len(prompt))
+            ids = full
+    except ValueError as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}:{row['_line']}: {e}") from None
+    return ids, trained
 
 
 def label_set(path, rows: list[dict], label_column: str) -> list[str]:
