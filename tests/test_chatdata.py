@@ -2,6 +2,7 @@
 laid out as ../shared/data/instruct; and chat rows through the training tokenization (content stays text)."""
 
 import json
+import re
 
 import pytest
 
@@ -51,7 +52,7 @@ def test_build_cleans_cuts_and_records(sources, tmp_path):
     root, ifeval = sources
     out = tmp_path / "out"
     report = build(root, tiny_tokenizer(), out, max_tokens=256, ifeval=ifeval, chitchat=False,
-                   constraint_share=0.0)
+                   constraint_share=0.0, stories=0)
     rows = read_rows(out / "train.jsonl") + read_rows(out / "valid.jsonl")
     users = [r["messages"][0]["content"] for r in rows]
     assert users.count("Is the sky green?") == 1 and report.duplicates["flan_cot/toy"] == 1
@@ -73,7 +74,7 @@ def test_long_conversations_lose_trailing_turns(sources, tmp_path):
     tok = tiny_tokenizer()
     messages = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"}]
     limit = len(tok.encode_chat(messages, add_generation_prompt=False))
-    report = build(root, tok, tmp_path / "out", max_tokens=limit, sources=["oasst"], chitchat=False)
+    report = build(root, tok, tmp_path / "out", max_tokens=limit, sources=["oasst"], chitchat=False, stories=0)
     rows = read_rows(tmp_path / "out" / "train.jsonl") + read_rows(tmp_path / "out" / "valid.jsonl")
     assert [r["messages"] for r in rows] == [messages] and report.multi_turn == 0
 
@@ -92,7 +93,8 @@ def test_cli_writes_the_files_and_refuses_bad_input(sources, tmp_path, capsys):
     cfg = tiny_config()
     save_gguf(tmp_path / "tiny.gguf", cfg, random_tensors(cfg, 0), tiny_tokenizer())
     assert cli.main(["chat-data", str(root), "--out", str(out), "--ifeval", str(ifeval), "--no-chitchat",
-                     "--model", str(tmp_path / "tiny.gguf")]) == 0
+                     "--stories", "20", "--max-tokens", "4096", "--model", str(tmp_path / "tiny.gguf")]) == 0
+    assert any(json.loads(line)["source"] == "stories" for line in (out / "train.jsonl").read_text().splitlines())
     assert (out / "train.jsonl").stat().st_size > 0 and (out / "DATA_CARD.md").is_file()
     capsys.readouterr()
     assert cli.main(["chat-data", str(tmp_path / "nowhere"), "--out", str(out), "--model",
@@ -118,3 +120,26 @@ def test_training_tokens_keep_content_as_text():
     assert ids.count(eot) == 2                     # the user turn's end and the assistant's: none from content
     prompt = tok.encode_chat(messages[:1])
     assert trained == [False] * len(prompt) + [True] * (len(ids) - len(prompt))
+
+
+def test_story_conversations_keep_to_the_choices():
+    from tinygemma.story import LENGTHS
+    from tinygemma.train.stories import count_words, held_out_choices, story_conversations
+
+    held = {(c.character, c.setting, c.twist) for c in held_out_choices()}
+    assert len(held) == 50
+    conversations = story_conversations(200, seed=3)
+    assert conversations == story_conversations(200, seed=3)              # seeded
+    continued = 0
+    for messages in conversations:
+        prompt, story = messages[0]["content"], messages[1]["content"]
+        m = re.fullmatch(r"Write a (short|medium|long) (.+?) story about (.+) ((?:in|on|under|at|inside|by) .+) "
+                         r"that (.+)\.", prompt)
+        assert m, prompt
+        length, _, character, setting, twist = m.groups()
+        assert (character, setting, twist) not in held                 # held-out sets stay out of training
+        low, high = LENGTHS[length]
+        assert low <= count_words(story) <= high
+        assert character in story and setting in story
+        continued += len(messages) == 4
+    assert 20 <= continued <= 60

@@ -22,8 +22,11 @@ def build_parser(p):
     p.add_argument("--constraint-share", type=float, default=DEFAULT_CONSTRAINT_SHARE,
                    help="share of single-turn examples given verifiable instructions "
                         f"(default {DEFAULT_CONSTRAINT_SHARE})")
-    p.add_argument("--sources", help="comma-separated subset: flan_cot, gpteacher, self_instruct, oasst, chitchat")
+    p.add_argument("--sources",
+                   help="comma-separated subset: flan_cot, gpteacher, self_instruct, oasst, chitchat, stories")
     p.add_argument("--no-chitchat", action="store_true", help="leave out the chitchat-dataset conversations")
+    p.add_argument("--stories", type=int, default=2000,
+                   help="story-page conversations to compose (default 2000; 0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", metavar="PATH", help="whose tokenizer counts tokens (default: the embedded model)")
     return p
@@ -44,7 +47,7 @@ def main(args) -> int:
     sources = [s.strip() for s in args.sources.split(",") if s.strip()] if args.sources else None
     report = build(args.source, load_tokenizer(args.model), args.out, max_tokens=args.max_tokens, seed=args.seed,
                    constraint_share=args.constraint_share, ifeval=ifeval, sources=sources,
-                   chitchat=not args.no_chitchat, command="tinygemma " + shlex.join(sys.argv[1:]))
+                   chitchat=not args.no_chitchat, stories=args.stories, command="tinygemma " + shlex.join(sys.argv[1:]))
     print(f"{report.train} training + {report.valid} held-out conversations ({report.multi_turn} multi-turn, "
           f"{report.constrained_examples} with verifiable instructions) -> {args.out}", file=sys.stderr)
     if ifeval is None:

@@ -9,7 +9,8 @@ Sources (each optional: a missing folder is reported and skipped), as laid out i
 - self_instruct/*.jsonl: human-written tasks with their instances;
 - oasst/*.jsonl: OpenAssistant trees, every root-to-leaf path a multi-turn conversation (deleted or
   rejected messages dropped);
-- chitchat (PyPI `chitchat-dataset`, if installed): casual human conversations, a capped share.
+- chitchat (PyPI `chitchat-dataset`, if installed): casual human conversations, a capped share;
+- stories (tinygemma.train.stories): the story page's prompts answered by stories that keep to the choices.
 A share of single-turn examples gets verifiable instructions added (tinygemma.train.constraints: the answer
 edited so every instruction holds, checked with the project's IFEval checkers).
 
@@ -47,6 +48,7 @@ LICENCES = {
     "self_instruct": "Apache-2.0",
     "oasst": "Apache-2.0",
     "chitchat": "MIT (PyPI chitchat-dataset)",
+    "stories": "Apache-2.0 (composed by tinygemma.train.stories from the story page's choices)",
 }
 
 
@@ -229,7 +231,7 @@ class BuildReport:
 
 def build(source_dir: str | Path, tokenizer, out_dir: str | Path, max_tokens: int = 512, seed: int = 0,
           constraint_share: float = 0.35, ifeval: str | Path | None = None, sources: list[str] | None = None,
-          chitchat: bool = True, command: str = "") -> BuildReport:
+          chitchat: bool = True, stories: int = 2000, command: str = "") -> BuildReport:
     """Read the sources, clean, add constraints, split and write train.jsonl, valid.jsonl and DATA_CARD.md."""
     source_dir, out_dir = Path(source_dir), Path(out_dir)
     if not source_dir.is_dir():
@@ -238,9 +240,11 @@ def build(source_dir: str | Path, tokenizer, out_dir: str | Path, max_tokens: in
         raise ChatDataError(f"constraint share must be in [0, 1], got {constraint_share}")
     if max_tokens < 16:
         raise ChatDataError(f"max tokens must be at least 16, got {max_tokens}")
-    unknown = sorted(set(sources or []) - set(SOURCES) - {"chitchat"})
+    unknown = sorted(set(sources or []) - set(SOURCES) - {"chitchat", "stories"})
     if unknown:
-        raise ChatDataError(f"unknown source {unknown[0]!r} (known: {', '.join([*SOURCES, 'chitchat'])})")
+        raise ChatDataError(f"unknown source {unknown[0]!r} (known: {', '.join([*SOURCES, 'chitchat', 'stories'])})")
+    if stories < 0:
+        raise ChatDataError(f"stories must be >= 0, got {stories}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     report = BuildReport()
@@ -255,8 +259,12 @@ def build(source_dir: str | Path, tokenizer, out_dir: str | Path, max_tokens: in
                if not sources or name in sources]
     if chitchat and (not sources or "chitchat" in sources):
         readers.append(("chitchat", read_chitchat))
+    if stories and (not sources or "stories" in sources):
+        from .stories import story_conversations
+
+        readers.append(("stories", lambda: (Example(m, "stories") for m in story_conversations(stories, seed))))
     for name, read in readers:
-        if name != "chitchat" and not (source_dir / name).is_dir():
+        if name not in ("chitchat", "stories") and not (source_dir / name).is_dir():
             report.skipped_sources[name] = "folder not found"
             continue
         before = len(examples)
@@ -297,14 +305,14 @@ def build(source_dir: str | Path, tokenizer, out_dir: str | Path, max_tokens: in
 
 def _add_constraints(examples: list[Example], share: float, rng: random.Random, report: BuildReport,
                      banned: set) -> list[Example]:
-    """Single-turn, non-code examples get verifiable instructions with probability `share`."""
+    """Single-turn examples (not code, not stories) get verifiable instructions with probability `share`."""
     try:
         from .constraints import augment
     except ImportError:
         return examples
     out = []
     for ex in examples:
-        if (share and len(ex.messages) == 2 and not ex.source.startswith("gpteacher/codegen")
+        if (share and len(ex.messages) == 2 and ex.source not in ("gpteacher/codegen", "stories")
                 and rng.random() < share):
             aug = augment(ex.messages[0]["content"], ex.messages[1]["content"], rng)
             if aug is not None and not (banned and ngrams(aug.prompt) & banned):
