@@ -1,4 +1,4 @@
-"""tinygemma eval {ifeval, perplexity, classify, extract}: measure a model, or score existing outputs."""
+"""tinygemma eval {ifeval, perplexity, classify, extract, stories, gsm8k}: measure a model, or score outputs."""
 
 from __future__ import annotations
 
@@ -62,6 +62,27 @@ def build_parser(p):
     q.add_argument("--max-tokens", type=int, default=DEFAULT_EXTRACT_MAX_TOKENS, help="tokens per output at most")
     q.add_argument("--batch", type=int, default=DEFAULT_EXTRACT_BATCH, help="outputs generated at once")
     q.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help="where extraction.json / extraction.md go")
+    add_model_args(q)
+
+    q = sub.add_parser("stories", help="story compliance on 50 fixed choice sets (character, setting, ending, length)",
+                       description="Generate a story (greedy) for each of the 50 held-out choice sets of "
+                       "tinygemma.train.stories and score by code: names the character and the setting, ends by "
+                       "itself, length within the requested range.")
+    q.add_argument("--limit", type=int, metavar="N", help="only the first N choice sets")
+    q.add_argument("--mode", choices=["auto", "chat", "book"], default="auto",
+                   help="prompt: chat template, the base model's story-book page, or auto (chat when tuned)")
+    q.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help="where stories.json goes")
+    add_model_args(q)
+
+    q = sub.add_parser("gsm8k", help="GSM8K accuracy on a fixed 250-question subset of the test split",
+                       description="Greedy answers to a seeded subset of GSM8K's test questions; the number after "
+                       "'answer is' / '####' (else the last number) against the reference.")
+    q.add_argument("--data", metavar="FILE", help="GSM8K test.jsonl (default: shared/data/gsm8k/test.jsonl beside "
+                   "the project)")
+    q.add_argument("--n", type=int, default=250, help="questions in the subset (default 250)")
+    q.add_argument("--max-tokens", type=int, default=512, help="tokens per answer at most")
+    q.add_argument("--mode", choices=["auto", "chat", "completion"], default="auto")
+    q.add_argument("--out", metavar="DIR", default=DEFAULT_OUT, help="where gsm8k.json goes")
     add_model_args(q)
     return p
 
@@ -170,4 +191,39 @@ def run_extract(args) -> int:
 
 def main(args) -> int:
     return {"ifeval": run_ifeval, "perplexity": run_perplexity, "classify": run_classify,
-            "extract": run_extract}[args.eval_task](args)
+            "extract": run_extract, "stories": run_stories, "gsm8k": run_gsm8k}[args.eval_task](args)
+
+
+def _tuned(mode: str) -> bool | None:
+    return {"chat": True, "book": False, "completion": False}.get(mode)
+
+
+def run_stories(args) -> int:
+    from ..eval import chat_eval
+    from ..train.stories import held_out_choices
+
+    _positive("--limit", args.limit)
+    check_writable_dir(args.out, "output directory (--out)")
+    sets = held_out_choices()[:args.limit]
+    report = _run_model(args, len(sets), "stories", "story", lambda lm, progress, info: {
+        **chat_eval.run_stories(lm, sets, _tuned(args.mode), progress=progress), "info": info})
+    path = chat_eval.write_report(report, args.out, "stories")
+    for name, value in report["metrics"].items():
+        print(f"{name.replace('_', ' '):16s} {100 * value:6.2f}%")
+    print(f"report: {path}")
+    return 0
+
+
+def run_gsm8k(args) -> int:
+    from ..eval import chat_eval
+
+    _positive("--n", args.n)
+    _positive("--max-tokens", args.max_tokens)
+    check_writable_dir(args.out, "output directory (--out)")
+    data = args.data or default_ifeval_dir().parent / "gsm8k" / "test.jsonl"
+    rows = chat_eval.gsm8k_subset(check_regular_file(data, "GSM8K file"), args.n)
+    report = _run_model(args, len(rows), "GSM8K", "question", lambda lm, progress, info: {
+        **chat_eval.run_gsm8k(lm, rows, args.max_tokens, _tuned(args.mode), progress=progress), "info": info})
+    path = chat_eval.write_report(report, args.out, "gsm8k")
+    print(f"accuracy {100 * report['metrics']['accuracy']:.2f}% ({len(rows)} questions)\nreport: {path}")
+    return 0
