@@ -117,6 +117,16 @@ def _is_english_like(text: str) -> bool:
     return bool(letters) and sum(c.isascii() for c in letters) / len(letters) > 0.98
 
 
+_PLURALS = ("words", "times", "parts", "placeholders", "sentences", "passages", "phrases", "paragraphs", "points",
+            "items", "sections", "bullets")
+
+
+def _singular(text: str) -> str:
+    """"at least 1 words" -> "at least 1 word"."""
+    return re.sub(r"(?<![\d.,])\b1 ((?:[A-Za-z-]+ ){0,2}?)(%s)\b" % "|".join(_PLURALS),
+                  lambda m: "1 " + m.group(1) + m.group(2)[:-1], text)
+
+
 def _quoted_list(words: list[str]) -> str:
     quoted = [f'"{w}"' for w in words]
     return quoted[0] if len(quoted) == 1 else " and ".join([", ".join(quoted[:-1]), quoted[-1]])
@@ -162,15 +172,19 @@ def remove_commas(text: str) -> str:
                             or re.search(r"\b(and|or)\b", piece))
             first = sentence_left.split()[0].lower().strip("\"'(*") if sentence_left.split() else ""
             intro = (first in _INTRO or first.endswith("ly")) and left_words <= 8
+            last_clause = re.split(r"\b(?:and|but|or|so)\b", sentence_left)[-1]
             if _CONJ.match(piece):
                 result += " " + piece                     # "x, and y" -> "x and y"
-            elif intro and right_words > 1:
+            elif (intro or left_words <= 2 and not list_context and not re.match(r"(the|a|an)\b", piece, re.I)
+                  ) and right_words > 1:
                 result += " " + piece                     # "In 2020, the firm" -> "In 2020 the firm"
             elif (list_context and head == piece and right_words <= 10 and not _CLAUSE.match(piece)
                   and not re.match(r"(the|a|an)\b", piece, re.I)):
                 result += " and " + piece                 # "a, b, and c" -> "a and b and c"
-            elif _CLAUSE.match(piece) and left_words <= 2:
-                result += " " + piece                     # "More precisely, it is" -> "More precisely it is"
+            elif _CLAUSE.match(piece) and (left_words <= 2 or re.search(
+                    r"\b(once|if|when|whenever|because|although|though|since|while|after|before|unless|until)\b",
+                    last_clause, re.I)):
+                result += " " + piece                     # "Once it is set, it lasts" -> "Once it is set it lasts"
             elif _CLAUSE.match(piece):
                 result += "; " + piece                    # two clauses
             else:
@@ -188,13 +202,15 @@ _VERB = re.compile(
     r"^(?:write|compose|draft|create|generate|give me|give|provide|produce|list|name|explain|describe|summari[sz]e|"
     r"tell me about|tell me|discuss|outline|suggest|share|make|design|plan|compare|define|translate|rewrite|"
     r"brainstorm|come up with|think of|identify|classify|find|prepare|develop|propose|recommend|what is|what are|"
-    r"what's|who is|who was|who are)\b\s*(?:me\s+|us\s+)?(?:an?\s+|some\s+|the\s+)?", re.I)
+    r"what's|who is|who was|who are|how (?:do|would|will|can) you (?:describe|explain)|can you)\b\s*(?:me\s+|us\s+)?(?:an?\s+|some\s+|the\s+)?", re.I)
 _SMALL = frozenset("a an the of in on and or for to with at by from as vs".split())
 
 
 def make_title(prompt: str, response: str) -> str | None:
     """A short title from the prompt's key words ("Explain how tides work." -> "How Tides Work")."""
-    first = re.split(r"[.?!\n:;]", prompt.strip(), maxsplit=1)[0]
+    sentences = [x.strip() for x in re.split(r"[.?!\n:;]", prompt) if x.strip()]
+    setup = re.compile(r"(you are|you're|imagine|pretend|act as|as an?|suppose|assume|role-?play|take on)\b", re.I)
+    first = next((x for x in sentences if not setup.match(x)), sentences[0] if sentences else "")
     text = _VERB.sub("", _LEAD.sub("", first.strip())).strip()
     words = re.findall(r"[\w'&-]+", text)
     if not (1 <= len(words) <= 10):
@@ -336,7 +352,9 @@ class _CapitalWords(_Kind):
     def apply(self, st, ctx, rng):
         st.data["cap_relation"] = AT_LEAST if rng.random() < 0.6 else LESS_THAN
         if st.data["cap_relation"] == AT_LEAST:       # emphasise a few key words in capitals
+            in_prompt = set(_content_words(ctx.prompt))
             words = [w for w in _content_words(st.text) if len(w) >= 5]
+            words = [w for w in words if w in in_prompt] or words
             if not words:
                 st.data["cap_relation"] = LESS_THAN
                 return True
@@ -627,13 +645,20 @@ class _TwoResponses(_Kind):
         return len(ctx.sentences) >= 3 and "******" not in ctx.response and not ctx.has_code
 
     def apply(self, st, ctx, rng):
-        sents = ifc.split_sentences(_paragraphs(st.text)[0])
-        if not sents:
+        last = st.text.strip().split("\n")[-1].strip()
+        first = _paragraphs(st.text)[0]
+        if re.match(r"(so |therefore |thus )?the (final )?answer is\b", last, re.I):
+            short = last
+        elif "\n" in first:
             return False
-        short = sents[0]
-        if len(short.split()) < 5 and len(sents) > 1:
-            short = sents[0] + " " + sents[1]
-        if (short[-1] not in ".!?" or _LIST_LINE.match(short)
+        else:
+            sents = ifc.split_sentences(first)
+            if not sents:
+                return False
+            short = sents[0]
+            if len(short.split()) < 5 and len(sents) > 1:
+                short = sents[0] + " " + sents[1]
+        if (short[-1] not in ".!" or _LIST_LINE.match(short)
                 or re.match(r"(sure|certainly|of course|here|okay|ok|great|absolutely)\b", short, re.I)):
             return False
         if short.strip() == st.text.strip():
@@ -669,9 +694,12 @@ class _Highlights(_Kind):
             candidates.append(m)
         if not candidates:
             return False
-        # prefer distinct words, and a two-word phrase now and then
+        # prefer distinct words that the prompt uses, and a two-word phrase now and then
         seen, picks = set(), []
-        for m in rng.sample(candidates, len(candidates)):
+        in_prompt = set(_content_words(ctx.prompt))
+        shuffled = rng.sample(candidates, len(candidates))
+        shuffled.sort(key=lambda m: m.group().lower() not in in_prompt)
+        for m in shuffled:
             if m.group().lower() not in seen:
                 seen.add(m.group().lower())
                 picks.append(m)
@@ -1209,7 +1237,7 @@ def augment(prompt: str, response: str, rng: random.Random, max_constraints: int
             return None
         all_kwargs.append(kw)
 
-    texts = [k.phrase(kw, rng) for k, kw in zip(chosen, all_kwargs)]
+    texts = [_singular(k.phrase(kw, rng)) for k, kw in zip(chosen, all_kwargs)]
     instruction = rng.choice([" ", "\n"]).join(texts)
     if rng.random() < 0.2 and not any(k.id == "combination:repeat_prompt" for k in chosen):
         new_prompt = instruction + "\n\n" + prompt
