@@ -27,7 +27,8 @@ PAIRS = [
      "plant's growth. In short, plants use light, water, and carbon dioxide to make food and oxygen."),
     ("Is the Earth round?",
      "Yes, the Earth is round. More precisely, it is an oblate spheroid, slightly flattened at the poles. Satellite "
-     "images, the curved shadow on the Moon during eclipses, and ship hulls vanishing over the horizon all confirm it."),
+     "images, the curved shadow on the Moon during eclipses, and ship hulls vanishing over the horizon all "
+     "confirm it."),
     ("List three fruits that are high in vitamin C.",
      "Here are three fruits rich in vitamin C:\n\n1. Oranges, the classic choice.\n2. Kiwis, which contain even more "
      "per gram.\n3. Strawberries, a sweet option.\n\nAll of them are easy to find in most supermarkets."),

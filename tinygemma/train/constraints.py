@@ -139,11 +139,11 @@ ORDINALS = ["first", "second", "third", "fourth", "fifth", "sixth", "seventh", "
 
 _CONJ = re.compile(r"(?:and|or|but|so|yet|nor|which|who|whom|whose|while|because|although|though|then|too|including"
                    r"|such as|like|where|when|unless|since|as well as|especially|respectively|etc)\b", re.I)
-_ASIDE = re.compile(r",\s*((?:such as|including|especially|for example|for instance|e\.g\.|i\.e\.|like)\b[^,.;:!?\n]{1,60}),"
-                    r"\s*(?=[a-z])")
-_INTRO = frozenset("""in on at for after before when whenever while if although though because since as once unless until
-during with without by from to yes no however therefore moreover furthermore additionally also first second third
-finally next then now today overall instead otherwise meanwhile still besides indeed sure well ok okay so thus hence
+_ASIDE = re.compile(r",\s*((?:such as|including|especially|for example|for instance|e\.g\.|i\.e\.|like)\b"
+                    r"[^,.;:!?\n]{1,60}),\s*(?=[a-z])")
+_INTRO = frozenset("""in on at for after before when whenever while if although though because since as once
+unless until during with without by from to yes no however therefore moreover furthermore additionally also
+first second third finally next then now today overall instead otherwise meanwhile still besides indeed sure well ok okay so thus hence
 likewise similarly unfortunately fortunately ultimately generally typically usually often sometimes of according
 given despite unlike like after upon inside outside within across throughout behind beyond between among around near
 under over above below through along toward towards""".split())
@@ -202,7 +202,8 @@ _VERB = re.compile(
     r"^(?:write|compose|draft|create|generate|give me|give|provide|produce|list|name|explain|describe|summari[sz]e|"
     r"tell me about|tell me|discuss|outline|suggest|share|make|design|plan|compare|define|translate|rewrite|"
     r"brainstorm|come up with|think of|identify|classify|find|prepare|develop|propose|recommend|what is|what are|"
-    r"what's|who is|who was|who are|how (?:do|would|will|can) you (?:describe|explain)|can you)\b\s*(?:me\s+|us\s+)?(?:an?\s+|some\s+|the\s+)?", re.I)
+    r"what's|who is|who was|who are|how (?:do|would|will|can) you (?:describe|explain)|can you)\b\s*"
+    r"(?:me\s+|us\s+)?(?:an?\s+|some\s+|the\s+)?", re.I)
 _SMALL = frozenset("a an the of in on and or for to with at by from as vs".split())
 
 
@@ -269,7 +270,7 @@ class _Kind:
     and how its instruction is worded."""
 
     id = ""
-    stage = 9              # the order edits run in: 0 edits, 1 layout, 2 inline, 3/4 prepend, 5-7 append, 8 case, 9 wrap
+    stage = 9      # order of the edits: 0 edits, 1 layout, 2 inline, 3/4 prepend, 5-7 append, 8 case, 9 wrap, 10 counts
     conflicts: tuple = ()
     weight = 1.0
 
@@ -438,7 +439,7 @@ class _Bullets(_Kind):
     conflicts = _LAYOUTS + ("detectable_format:number_highlighted_sections",)
 
     def ok(self, ctx, chosen, rng):
-        return not ctx.has_code and len(ctx.sentences) >= 2
+        return not ctx.has_code and (len(ctx.sentences) >= 2 or "\n" in ctx.response)
 
     def apply(self, st, ctx, rng):
         lines = st.text.split("\n")
@@ -452,6 +453,8 @@ class _Bullets(_Kind):
         paras = _paragraphs(st.text)
         if 2 <= len(paras) <= 8 and all("\n" not in p for p in paras):
             units, intro = paras, None
+        elif len(paras) == 1 and 2 <= len(lines) <= 8:
+            units, intro = [line.strip() for line in lines if line.strip()], None
         else:
             units = ifc.split_sentences(" ".join(st.text.split()))
             intro = units.pop(0) if len(units) >= 4 and rng.random() < 0.4 else None
@@ -471,7 +474,8 @@ class _Bullets(_Kind):
 
     def phrase(self, kw, rng):
         return _pick(rng, [
-            "Format the answer as exactly {n} bullet points using markdown asterisks, like:\n* first point\n* second point",
+            "Format the answer as exactly {n} bullet points using markdown asterisks, like:\n* first point\n"
+            "* second point",
             "Give precisely {n} bullet points, each on its own line starting with \"* \".",
             "Your reply should contain exactly {n} markdown bullets (lines that begin with an asterisk and a space).",
             "Use {n} bullet points, no more and no fewer, and mark each one with *.",
