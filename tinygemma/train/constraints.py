@@ -143,7 +143,8 @@ _ASIDE = re.compile(r",\s*((?:such as|including|especially|for example|for insta
                     r"[^,.;:!?\n]{1,60}),\s*(?=[a-z])")
 _INTRO = frozenset("""in on at for after before when whenever while if although though because since as once
 unless until during with without by from to yes no however therefore moreover furthermore additionally also
-first second third finally next then now today overall instead otherwise meanwhile still besides indeed sure well ok okay so thus hence
+first second third finally next then now today overall instead otherwise meanwhile still besides indeed sure
+well ok okay so thus hence
 likewise similarly unfortunately fortunately ultimately generally typically usually often sometimes of according
 given despite unlike like after upon inside outside within across throughout behind beyond between among around near
 under over above below through along toward towards""".split())
