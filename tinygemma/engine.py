@@ -434,9 +434,9 @@ class Engine:
             produced += len(decoding)
         budget = self.config.prefill_budget
         for seq in [s for s in self._active if s.state is State.PREFILL]:
-            used = [0]
-            self._guard(seq, self._prefill, seq, budget, used)
-            budget -= used[0]
+            before = self.metrics.prefill_tokens
+            self._guard(seq, self._prefill, seq, budget)
+            budget -= self.metrics.prefill_tokens - before       # what ran, even if it then failed
             produced += seq.state is not State.PREFILL
             if budget <= 0:
                 break
@@ -444,16 +444,16 @@ class Engine:
         while self._recent and time.perf_counter() - self._recent[0][0] > RATE_WINDOW:
             self._recent.popleft()
 
-    def _prefill(self, seq: _Sequence, budget: int, used: list[int]) -> None:
-        """Run seq's next prompt chunks within `budget` tokens (used[0]: how many ran); after the last one,
-        its first token."""
+    def _prefill(self, seq: _Sequence, budget: int) -> None:
+        """Run seq's next prompt chunks within `budget` tokens (counted in metrics.prefill_tokens); after the
+        last one, its first token."""
         chunk = self.config.prefill_chunk
-        while seq.state is State.PREFILL and budget > used[0]:
+        while seq.state is State.PREFILL and budget > 0:
             # Chunks end at multiples of `chunk`: the cut never depends on other requests.
             end = min(seq.prompt_len, (seq.computed // chunk + 1) * chunk)
             part = torch.tensor([seq.tokens[seq.computed:end]])
             logits = self.model(part, cache=seq.cache, last_only=True)[0, -1]
-            used[0] += end - seq.computed
+            budget -= end - seq.computed
             self.metrics.prefill_tokens += end - seq.computed
             seq.computed = end
             if end == seq.prompt_len:
@@ -467,12 +467,11 @@ class Engine:
             fn(*args)
             return True
         except Exception as e:
-            if seq.state is not State.DONE:
-                log.warning("request %d failed: %s: %s", seq.handle.id, type(e).__name__, e)
-                if isinstance(e, ConstraintError):    # the request's own grammar gave up (a limit): its fault
-                    self._fail(seq, str(e), "invalid_request")
-                else:
-                    self._fail(seq, str(e) if isinstance(e, TinyGemmaError) else f"{type(e).__name__}: {e}")
+            log.warning("request %d failed: %s: %s", seq.handle.id, type(e).__name__, e)
+            if isinstance(e, ConstraintError):    # the request's own grammar gave up (a limit): its fault
+                self._fail(seq, str(e), "invalid_request")
+            else:
+                self._fail(seq, str(e) if isinstance(e, TinyGemmaError) else f"{type(e).__name__}: {e}")
             return False
 
     def _fail(self, seq: _Sequence, error: str, error_type: str = "server") -> None:

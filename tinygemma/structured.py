@@ -152,7 +152,8 @@ class Constraint:
     def mask(self, logits: torch.Tensor) -> None:
         """Set the logits (V,) of tokens the grammar does not allow next to -inf, in place.
         ConstraintError when the grammar fails (a limit reached) or allows nothing."""
-        allowed, self._first = (self._first, None) if self._first is not None else (self._allowed(), None)
+        allowed = self._first if self._first is not None else self._allowed()
+        self._first = None
         self._check()
         if not allowed.any():
             raise ConstraintError("constraint: no token can continue the output")

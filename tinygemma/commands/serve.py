@@ -56,26 +56,23 @@ def main(args) -> int:
     print(f"tinygemma: serving {name} on http://{args.host}:{args.port}/v1 "
           f"(batch {config.max_batch}, queue {config.max_queue}, context {engine.context}); "
           f"story page at http://{args.host}:{args.port}/", file=sys.stderr)
-    server = GracefulServer(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                                           timeout_graceful_shutdown=SHUTDOWN_GRACE), engine)
-    server.run()
+    graceful_server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                   timeout_graceful_shutdown=SHUTDOWN_GRACE), engine).run()
     return 0
 
 
-class GracefulServer:
+def graceful_server(config, engine):
     """uvicorn's Server, but SIGTERM / Ctrl-C first stops the engine: requests in flight end at once
     (a 503 or an SSE error "the server is shutting down") instead of keeping the server up until they
-    finish or their clients give up."""
+    finish or their clients give up. (uvicorn is imported here, not at the top: the CLI starts faster.)"""
+    import uvicorn
 
-    def __new__(cls, config, engine):
-        import uvicorn
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            engine.stop()                      # non-blocking: the engine thread cancels everything
+            super().handle_exit(sig, frame)
 
-        class _Server(uvicorn.Server):
-            def handle_exit(self, sig, frame):
-                engine.stop()                      # non-blocking: the engine thread cancels everything
-                super().handle_exit(sig, frame)
-
-        return _Server(config)
+    return Server(config)
 
 
 def allowed_hosts_for(host: str, flag: str | None) -> tuple[str, ...] | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..files import atomic_write_text
 from ..jsonl import read_jsonl
 from ..story import LENGTHS, StoryChoices, finish_story, story_prompt
+from ..train.stories import count_words, held_out_choices   # count_words: as the training stories were sized
 
 GSM8K_SUBSET = 250
 GSM8K_SEED = 0
@@ -33,10 +34,6 @@ def _key_noun(phrase: str) -> str:
     """The word a story must mention for a choice: 'a curious cat' -> 'cat', 'in a magical forest' -> 'forest'."""
     words = re.findall(r"[A-Za-z]+", phrase)
     return words[-1].lower() if words else phrase.lower()
-
-
-def count_words(text: str) -> int:
-    return len(re.findall(r"[A-Za-z0-9']+", text))
 
 
 @dataclass
@@ -68,7 +65,6 @@ def run_stories(lm, sets: list[StoryChoices] | None = None, instruction_tuned: b
     """Generate a story for each choice set (greedy) and score it; returns the report dict."""
     from ..engine import Engine, EngineConfig, GenerationRequest
     from ..sampling import SamplingParams
-    from ..train.stories import held_out_choices
 
     sets = sets if sets is not None else held_out_choices()
     tuned = lm.is_instruction_tuned if instruction_tuned is None else instruction_tuned

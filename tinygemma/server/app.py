@@ -131,23 +131,20 @@ class Guard:
     async def read_body(receive):
         """(413 response or None, a receive that replays the body read): the body is read here, whole, and
         refused as soon as it passes MAX_BODY_BYTES, whatever Content-Length said (or did not say)."""
-        chunks, size = [], 0
+        pieces, size, replay = [], 0, []
         while True:
             message = await receive()
             if message["type"] != "http.request":         # the client went away: let the app see it
-                chunks.append(message)
+                replay.append(message)
                 break
-            size += len(message.get("body", b""))
+            pieces.append(message.get("body", b""))
+            size += len(pieces[-1])
             if size > MAX_BODY_BYTES:
                 return too_large(), receive
-            chunks.append(message)
             if not message.get("more_body", False):
                 break
-        if chunks and chunks[0]["type"] == "http.request":
-            body = b"".join(m.get("body", b"") for m in chunks if m["type"] == "http.request")
-            rest = [m for m in chunks if m["type"] != "http.request"]
-            chunks = [{"type": "http.request", "body": body, "more_body": False}, *rest]
-        replay = list(chunks)
+        if pieces:                                       # the body as one message, before any disconnect
+            replay.insert(0, {"type": "http.request", "body": b"".join(pieces), "more_body": False})
 
         async def replayed():
             return replay.pop(0) if replay else await receive()
