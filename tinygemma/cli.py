@@ -21,6 +21,7 @@ COMMANDS = {
     "classify": "predict the labels of a .csv/.jsonl file with a fine-tuned classifier",
     "export": "write a model (with a LoRA adapter merged) as GGUF or a Hugging Face directory",
     "chat-data": "build chat-format instruction data (jsonl + data card) from instruction sets",
+    "chat-train": "the chat model's recipe in one command: instruction data, mixture, LoRA training (resumable)",
 }
 
 

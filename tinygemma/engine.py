@@ -529,6 +529,13 @@ def generate_all(lm, requests: list[GenerationRequest], batch: int = 32, progres
     """The output text of every request, `batch` at a time through one engine (no cache reuse): offline
     evaluation of many prompts. On the fast path a greedy row's output does not depend on the batch.
     progress(done, total) is called as outputs arrive, in order; a failed request raises TinyGemmaError."""
+    return [text for text, _ in generate_finished(lm, requests, batch, progress)]
+
+
+def generate_finished(lm, requests: list[GenerationRequest], batch: int = 32,
+                      progress=None) -> list[tuple[str, str]]:
+    """generate_all's outputs with each one's finish reason: "stop" (the model ended it, or a stop string)
+    or "length" (the token limit)."""
     config = EngineConfig(max_batch=batch, max_queue=len(requests) + 1, idle_cache_bytes=0)
     outputs = []
     with Engine.from_lm(lm, config) as engine:
@@ -537,7 +544,7 @@ def generate_all(lm, requests: list[GenerationRequest], batch: int = 32, progres
             text, event = handle.result()
             if event.finish_reason == "error":
                 raise TinyGemmaError(f"generation failed for request {i} of {len(requests)}: {event.error}")
-            outputs.append(text)
+            outputs.append((text, event.finish_reason))
             if progress:
                 progress(i, len(requests))
     return outputs

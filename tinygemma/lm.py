@@ -25,15 +25,17 @@ DEFAULT_DTYPE = FAST   # what dtype=None means
 
 
 def load(path: str | os.PathLike | None = None, dtype: str | None = None,
-         adapter: str | os.PathLike | None = None) -> "LM":
-    """Load a GGUF file or Hugging Face directory (None: the embedded default Gemma 3 270M).
+         adapter: str | os.PathLike | None = None, default: str = "base") -> "LM":
+    """Load a model: a GGUF file, a Hugging Face directory, or a name tinygemma ships (models.py): "base"
+    (the embedded Gemma 3 270M, what None means) or "chat" (tinygemma's instruction-tuned 270M).
 
     dtype: None (recommended: the fast path, also named "fast"), "float32" (the exact path) or "bfloat16".
     adapter: a LoRA adapter directory (or its .safetensors file) from `tinygemma finetune`, merged into the
-    float32 weights before any conversion; `LM.adapter` then holds it (labels, classification head).
+    float32 weights before any conversion (after the chat model's own); `LM.adapter` then holds it (labels,
+    classification head). default: the name that path=None means.
     """
+    from .models import resolve
     from .weights import load_weights
-    from .weights.default import default_model_path
 
     name = DEFAULT_DTYPE if dtype is None else str(dtype).removeprefix("torch.")
     if name != FAST and name not in DTYPES:
@@ -44,17 +46,15 @@ def load(path: str | os.PathLike | None = None, dtype: str | None = None,
         if not native_bf16():
             _warn_once("this CPU has no native bfloat16 (AVX512_BF16, AMX or ARM BF16): dtype=bfloat16 is "
                        "emulated, many times slower than float32 or the fast path")
-    source = default_model_path() if path is None else Path(path)
-    lora = None
-    if adapter is not None:
-        from .train.lora import read_adapter
-        lora = read_adapter(adapter)
+    resolved = resolve(path, adapter, default)
     if name == FAST:
-        lm = _load_fast(source, lora)
+        lm = _load_fast(resolved.source, resolved.adapters)
     else:
-        weights = load_weights(source)
-        lm = LM.from_tensors(weights.config, _merged(weights, lora), weights.tokenizer, DTYPES[name], weights)
-    lm.adapter = lora
+        weights = load_weights(resolved.source)
+        lm = LM.from_tensors(weights.config, _merged(weights, resolved.adapters), weights.tokenizer, DTYPES[name],
+                             weights)
+    lm.resolved = resolved
+    lm.adapter = resolved.adapters[-1] if adapter is not None else None
     return lm
 
 
@@ -63,15 +63,17 @@ def _warn_once(message: str) -> None:
     print(f"tinygemma: {message}", file=sys.stderr)
 
 
-def _merged(weights, lora) -> dict[str, torch.Tensor]:
-    """The weights' tensors with the adapter's LoRA updates merged (float32), or as they are."""
-    if lora is None:
-        return weights.tensors
+def _merged(weights, adapters: list) -> dict[str, torch.Tensor]:
+    """The weights' tensors with the adapters' LoRA updates merged in order (float32), or as they are."""
     from .train.lora import merge_adapter
-    return merge_adapter(weights.tensors, lora)
+
+    tensors = weights.tensors
+    for adapter in adapters:
+        tensors = merge_adapter(tensors, adapter)
+    return tensors
 
 
-def _load_fast(source: Path, lora=None) -> "LM":
+def _load_fast(source: Path, adapters: list) -> "LM":
     """The fast model, from the converted-weights cache when it is there (a memory map: no conversion)."""
     from . import fast
     from .kernels import q8
@@ -79,7 +81,7 @@ def _load_fast(source: Path, lora=None) -> "LM":
     from .weights.default import cache_dir
 
     kernels = q8()
-    key = fast.cache_key(source, kernels is not None, lora.files if lora is not None else ())
+    key = fast.cache_key(source, kernels is not None, tuple(f for a in adapters for f in a.files))
     cache_file = cache_dir() / "fast" / f"{key}.weights"
     buffers = None
     if cache_file.is_file():
@@ -94,7 +96,7 @@ def _load_fast(source: Path, lora=None) -> "LM":
         # One-time work of ~15 s for the default model: say so rather than look hung.
         print(f"tinygemma: converting {source.name} for the fast path (once; cached in {cache_file.parent})",
               file=sys.stderr, flush=True)
-        buffers = fast.convert(weights.config, _merged(weights, lora), native=kernels is not None)
+        buffers = fast.convert(weights.config, _merged(weights, adapters), native=kernels is not None)
         weights.tensors = {}
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -113,7 +115,8 @@ class LM:
         self.tokenizer = tokenizer
         self.config: Gemma3Config = model.config
         self.weights = weights     # LoadedWeights facts (source, format, tensor types), or None
-        self.adapter = None        # the merged LoRA adapter (train.lora.Adapter), or None
+        self.adapter = None        # the user's merged LoRA adapter (train.lora.Adapter), or None
+        self.resolved = None       # models.Resolved: source, merged adapters, shipped name
 
     @classmethod
     def from_tensors(cls, config: Gemma3Config, tensors: dict[str, torch.Tensor], tokenizer,
@@ -135,7 +138,10 @@ class LM:
 
     @property
     def is_instruction_tuned(self) -> bool:
-        """Best guess from the file's metadata or directory name ('-it', 'instruct', a finetune tag)."""
+        """Known for the shipped models ("chat" is, "base" is not); else a guess from the file's metadata or
+        directory name ('-it', 'instruct', a finetune tag)."""
+        if self.resolved is not None and self.resolved.instruction_tuned is not None:
+            return self.resolved.instruction_tuned
         w = self.weights
         if w is None:
             return False

@@ -10,18 +10,18 @@ HELP = "Type a message; /reset starts over, /exit (or Ctrl-D) quits."
 
 
 def build_parser(p):
-    add_model_args(p)
+    add_model_args(p, default="chat")
     add_sampling_args(p)
     p.add_argument("--system", help="system message (merged into the first user turn, as Gemma 3 does)")
     return p
 
 
 def main(args) -> int:
-    lm = load_model(args)
+    lm = load_model(args, default="chat")
     interactive = sys.stdin.isatty()
     if not lm.is_instruction_tuned:
         print("note: this is a base (pretrained) model: it continues text rather than following instructions. "
-              "Pass --model with instruction-tuned Gemma 3 weights for a real assistant.", file=sys.stderr)
+              "Leave out --model for tinygemma's instruction-tuned model, or pass instruction-tuned weights.", file=sys.stderr)
     if interactive:
         print(HELP, file=sys.stderr)
     messages = [{"role": "system", "content": args.system}] if args.system else []

@@ -11,8 +11,11 @@ DEFAULT_TOP_P = 0.95
 DEFAULT_MAX_TOKENS = 256
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", metavar="PATH", help="GGUF file or Hugging Face directory (default: the embedded Gemma 3 270M)")
+def add_model_args(p: argparse.ArgumentParser, default: str = "base") -> None:
+    what = ("tinygemma's instruction-tuned 270M, 'chat'" if default == "chat" else
+            "the embedded Gemma 3 270M, 'base'")
+    p.add_argument("--model", metavar="PATH",
+                   help=f"GGUF file, Hugging Face directory, or a shipped model: 'chat' or 'base' (default: {what})")
     p.add_argument("--dtype", choices=["fast", "float32", "bfloat16"],
                    help="fast (default: int8/int4 weights), float32 (exact) or bfloat16")
     p.add_argument("--adapter", metavar="PATH", help="LoRA adapter directory from 'tinygemma finetune', merged at load")
@@ -38,7 +41,7 @@ def sampling_kwargs(args) -> dict:
                 seed=args.seed, stop=args.stop)
 
 
-def load_model(args):
+def load_model(args, default: str = "base"):
     from ..lm import load
 
-    return load(args.model, dtype=args.dtype, adapter=args.adapter)
+    return load(args.model, dtype=args.dtype, adapter=args.adapter, default=default)

@@ -111,6 +111,8 @@ def run_ifeval(args) -> int:
     else:
         report = _run_model(args, len(prompts), "IFEval", "prompt", lambda lm, **kw: ifeval.run(
             lm, prompts, max_tokens=args.max_tokens, mode=args.mode, **kw))
+    if "ended_by_itself" in report.info:
+        print(f"{'ended by itself':24s} {100 * report.info['ended_by_itself']:6.2f}%")
     _print_report(report.metrics, ifeval.METRICS, ifeval.write_reports(report, args.out))
     return 0
 
@@ -120,7 +122,9 @@ def _run_model(args, total: int, desc: str, unit: str, run, **info):
     from tqdm import tqdm
 
     lm = load_model(args)
-    info = {"model": str(lm.weights.source) if lm.weights else "in-memory", "dtype": args.dtype or "fast", **info}
+    from ..models import model_id
+
+    info = {"model": model_id(lm.resolved) if lm.resolved else "in-memory", "dtype": args.dtype or "fast", **info}
     with tqdm(total=total, desc=desc, unit=unit, file=sys.stderr) as bar:
         return run(lm, progress=lambda done, n: bar.update(1), info=info)
 

@@ -16,7 +16,8 @@ def build_parser(p):
     p.add_argument("out", help="output .gguf file, or directory for --format hf. An existing file is replaced "
                    "(as llama.cpp's convert script and save_pretrained do), but only once the new one is "
                    "completely written: a full disk or Ctrl-C leaves the old one")
-    p.add_argument("--model", metavar="PATH", help="base weights (default: the embedded Gemma 3 270M)")
+    p.add_argument("--model", metavar="PATH", help="weights: a GGUF file, a Hugging Face directory, or a shipped model, 'base' (the default, "
+                        "the embedded Gemma 3 270M) or 'chat' (tinygemma's instruction-tuned 270M)")
     p.add_argument("--adapter", metavar="PATH", help="LoRA adapter directory to merge (from 'tinygemma finetune')")
     p.add_argument("--format", choices=["gguf", "hf"], default="gguf")
     p.add_argument("--type", default="F16", type=str.upper,
@@ -25,21 +26,24 @@ def build_parser(p):
 
 
 def main(args) -> int:
-    from ..train.lora import merge_adapter, read_adapter
+    from ..models import model_id, resolve
+    from ..train.lora import merge_adapter
     from ..weights import load_weights
-    from ..weights.default import default_model_path
 
     allowed = WRITABLE_TYPES if args.format == "gguf" else tuple(HF_TYPES)
     if args.type not in allowed:
         raise ValueError(f"--type {args.type} is not writable as {args.format} (choose from {', '.join(allowed)})")
     check_output(Path(args.out), args.format)         # before minutes of loading and merging
-    adapter = read_adapter(args.adapter) if args.adapter else None
-    weights = load_weights(Path(args.model) if args.model else default_model_path())
-    tensors = merge_adapter(weights.tensors, adapter) if adapter else weights.tensors
+    resolved = resolve(args.model, args.adapter)
+    adapter = resolved.adapters[-1] if args.adapter else None
+    weights = load_weights(resolved.source)
+    tensors = weights.tensors
+    for a in resolved.adapters:
+        tensors = merge_adapter(tensors, a)
     if args.format == "gguf":
         from ..export.gguf import save_gguf
 
-        name = f"{weights.source.stem} + {adapter.path.parent.name}" if adapter else weights.source.stem
+        name = model_id(resolved)
         save_gguf(args.out, weights.config, tensors, weights.tokenizer, tensor_type=args.type, name=name)
     else:
         from ..export.safetensors import save_hf_dir

@@ -16,7 +16,8 @@ from ..train.trainer import METHODS, TASKS, TrainConfig
 FLAGS = (
     ("--data", str, "training file: .jsonl (text, prompt/completion, messages, or text+label) or .csv"),
     ("--out", str, f"output directory (default {TrainConfig.out}); its files are replaced atomically at each save"),
-    ("--model", str, "base weights: .gguf or Hugging Face directory (default: the embedded Gemma 3 270M)"),
+    ("--model", str, "weights to tune: .gguf, Hugging Face directory, 'base' (default: the embedded Gemma 3 270M) or 'chat' "
+                "(tinygemma's instruction-tuned 270M)"),
     ("--rank", int, f"LoRA rank (default {TrainConfig.rank})"),
     ("--alpha", float, f"LoRA alpha; updates are scaled by alpha/rank (default {TrainConfig.alpha})"),
     ("--lora-layers", int, "LoRA on the last N blocks only (default: all); the backward pass stops there"),
@@ -46,8 +47,9 @@ def build_parser(p):
     for flag, kind, help_text in FLAGS:
         p.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
     p.add_argument("--task", choices=TASKS, default=argparse.SUPPRESS,
-                   help="lm (default): language modelling; classify-head: classification head on the last token; "
-                        "classify-lm: generative labels")
+                   help="lm (default): language modelling (text, prompt/completion or messages rows); chat: "
+                        "messages rows only, the loss on the assistant turns; classify-head: classification head on "
+                        "the last token; classify-lm: generative labels")
     p.add_argument("--method", choices=METHODS, default=argparse.SUPPRESS, help="lora (default) or full")
     p.add_argument("--targets", default=argparse.SUPPRESS,
                    help="comma-separated projections that get LoRA (default: all seven of each block)")
@@ -58,6 +60,8 @@ def build_parser(p):
                    help="train in float32 (the default on CPUs without native bfloat16)")
     p.add_argument("--gradient-checkpointing", action="store_true", default=argparse.SUPPRESS,
                    help="recompute each block in the backward pass (less memory, ~30%% more time)")
+    p.add_argument("--group-by-length", action="store_true", default=argparse.SUPPRESS,
+                   help="batch examples of similar length together (less padding, same examples per epoch)")
     p.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
                    help="continue from the checkpoint in --out")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,

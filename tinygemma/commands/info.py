@@ -8,7 +8,7 @@ import json
 
 
 def build_parser(p):
-    p.add_argument("--model", metavar="PATH", help="GGUF file or Hugging Face directory (default: embedded model)")
+    p.add_argument("--model", metavar="PATH", help="GGUF file, Hugging Face directory, 'base' or 'chat' (default: the embedded model)")
     p.add_argument("--json", action="store_true", help="print JSON")
     return p
 
@@ -18,7 +18,10 @@ def describe(path) -> dict:
     from ..weights import load_weights
     from ..weights.default import default_model_path
 
-    w = load_weights(path or default_model_path(), tensors=False)   # headers only: no tensor data read
+    from ..models import is_name
+
+    # Headers only: no tensor data read. A shipped name describes its weights file (the chat adapter is a LoRA).
+    w = load_weights(default_model_path() if not path or is_name(path) else path, tensors=False)
     cfg = w.config
     emb = cfg.vocab_size * cfg.hidden_size
     total = cfg.num_parameters

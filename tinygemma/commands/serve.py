@@ -16,7 +16,7 @@ SHUTDOWN_GRACE = 5          # seconds uvicorn waits for connections after the en
 
 
 def build_parser(p):
-    add_model_args(p)
+    add_model_args(p, default="chat")
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST}: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, help="requests generating at once")
@@ -39,6 +39,7 @@ def main(args) -> int:
     import uvicorn
 
     from ..engine import Engine, EngineConfig
+    from ..models import model_id
     from ..server import STATIC_DIR, create_app
 
     if not 1 <= args.port <= 65535:
@@ -48,9 +49,9 @@ def main(args) -> int:
     allowed_hosts = allowed_hosts_for(args.host, args.allowed_hosts)
     config = EngineConfig(max_batch=args.max_batch, max_queue=args.max_queue, context=args.ctx,
                           idle_cache_bytes=max(args.cache_mb, 0) << 20)     # checked before the slow load
-    lm = load_model(args)
+    lm = load_model(args, default="chat")
     engine = Engine.from_lm(lm, config)
-    name = args.model_name or (lm.weights.source.stem if lm.weights is not None else "tinygemma")
+    name = args.model_name or model_id(lm.resolved)
     app = create_app(engine, name, api_key=args.api_key, static_dir=STATIC_DIR,
                      instruction_tuned=lm.is_instruction_tuned, allowed_hosts=allowed_hosts)
     print(f"tinygemma: serving {name} on http://{args.host}:{args.port}/v1 "

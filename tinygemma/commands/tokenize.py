@@ -8,7 +8,7 @@ import sys
 
 def build_parser(p):
     p.add_argument("text", help="text to tokenize ('-' reads standard input)")
-    p.add_argument("--model", metavar="PATH", help="GGUF file or Hugging Face directory (default: embedded model)")
+    p.add_argument("--model", metavar="PATH", help="GGUF file, Hugging Face directory, 'base' or 'chat' (default: the embedded model)")
     p.add_argument("--json", action="store_true", help="print JSON: ids, pieces, count")
     p.add_argument("--no-bos", action="store_true", help="do not prepend <bos>")
     p.add_argument("--no-special", action="store_true", help="treat special-token text as plain text")
@@ -23,7 +23,9 @@ def load_tokenizer(path):
     from ..tokenizer import Tokenizer
     from ..weights.default import default_model_path
 
-    path = Path(path) if path else default_model_path()
+    from ..models import is_name
+
+    path = default_model_path() if not path or is_name(path) else Path(path)
     if path.is_dir():
         for name in ("tokenizer.json", "tokenizer.model"):
             if (path / name).is_file():

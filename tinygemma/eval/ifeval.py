@@ -164,23 +164,28 @@ def _uses_chat(lm, mode: str) -> bool:
 
 
 def generate_responses(lm, prompts: list[Prompt], max_tokens: int = 512, mode: str = "auto",
-                       progress=None, batch: int = 32) -> dict[int, str]:
+                       progress=None, batch: int = 32) -> tuple[dict[int, str], dict[int, bool]]:
     """Greedy responses of `lm` to each prompt, `batch` at a time through the continuous-batching engine
-    (on the fast path a row's output does not depend on the batch). progress(done, total) after each one."""
-    from ..engine import GenerationRequest, generate_all
+    (on the fast path a row's output does not depend on the batch), and whether each one ended by itself
+    (the model's end-of-turn, not the token limit). progress(done, total) after each one."""
+    from ..engine import GenerationRequest, generate_finished
 
     requests = [GenerationRequest(build_prompt(lm, p.prompt, mode), max_tokens=max_tokens) for p in prompts]
-    return {p.key: text for p, text in zip(prompts, generate_all(lm, requests, batch, progress))}
+    outputs = generate_finished(lm, requests, batch, progress)
+    return ({p.key: text for p, (text, _) in zip(prompts, outputs)},
+            {p.key: reason == "stop" for p, (_, reason) in zip(prompts, outputs)})
 
 
 def run(lm, prompts: list[Prompt], max_tokens: int = 512, mode: str = "auto", progress=None,
         info: dict | None = None) -> IFEvalReport:
-    """Generate responses with `lm` and score them."""
+    """Generate responses with `lm` and score them; info records the settings and the share of answers that
+    ended by themselves."""
     t0 = time.perf_counter()
-    responses = generate_responses(lm, prompts, max_tokens, mode, progress)
+    responses, ended = generate_responses(lm, prompts, max_tokens, mode, progress)
     settings = {"max_tokens": max_tokens, "decoding": "greedy",
                 "prompt_format": "chat" if _uses_chat(lm, mode) else "completion",
-                "generation_seconds": round(time.perf_counter() - t0, 1)}
+                "generation_seconds": round(time.perf_counter() - t0, 1),
+                "ended_by_itself": round(sum(ended.values()) / max(1, len(ended)), 4)}
     return score(prompts, responses, {**(info or {}), **settings})
 
 

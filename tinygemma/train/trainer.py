@@ -35,7 +35,9 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .classifier import SequenceClassifier
 from .lora import ALL_TARGETS, AdapterConfig, add_lora, lora_tensors, merged_state, save_adapter
 
-TASKS = ("lm", "classify-head", "classify-lm")   # language modelling; classification head; generative labels
+# language modelling (text, prompt/completion or chat rows); chat rows only; classification head; generative labels
+TASKS = ("lm", "chat", "classify-head", "classify-lm")
+LM_TASKS = ("lm", "chat")
 METHODS = ("lora", "full")
 DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
 CHECKPOINT = "checkpoint.pt"
@@ -68,6 +70,7 @@ class TrainConfig:
     eval_max: int = 256                # held-out rows at most
     eval_every: int = 50               # steps between evaluations (0: only at the end)
     max_length: int = 512              # tokens per example at most
+    group_by_length: bool = False      # batch examples of similar length (less padding; same data per epoch)
     batch_size: int = 8                # examples per micro-batch, per process
     grad_accum: int = 1                # micro-batches per optimizer step
     steps: int | None = None           # optimizer steps (default: `epochs` passes over the data)
@@ -270,6 +273,7 @@ class Trainer:
                               f"({self.global_batch}); lower batch_size or grad_accum")
         self.total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
         self.state = RunState()
+        self._epoch_order: tuple[int, list[int]] | None = None
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -294,13 +298,18 @@ class Trainer:
             train_rows, eval_rows = D.split_rows(cfg.data, rows, cfg.eval_fraction, cfg.eval_max, cfg.seed)
         eval_source = cfg.eval_data or cfg.data
         # Labels from every row of the training file, so a rare label that lands in the held-out split counts.
-        self.labels: list[str] = [] if cfg.task == "lm" else D.label_set(cfg.data, rows, cfg.label_column)
-        if cfg.task != "lm" and len(self.labels) < 2:
+        if cfg.task == "chat":
+            for path, some in ((cfg.data, rows), (eval_source, eval_rows or [])):
+                bad = next((r for r in some if "messages" not in r), None)
+                if bad is not None:
+                    raise D.DataError(f"{path}:{bad['_line']}: --task chat needs a 'messages' field in every row")
+        self.labels: list[str] = [] if cfg.task in LM_TASKS else D.label_set(cfg.data, rows, cfg.label_column)
+        if cfg.task not in LM_TASKS and len(self.labels) < 2:
             raise D.DataError(f"{cfg.data}: column {cfg.label_column!r} has only the label {self.labels[0]!r}; "
                               f"classification needs at least 2 classes")
 
         def make(path, some_rows: list[dict]) -> list[D.Example]:
-            if cfg.task == "lm":
+            if cfg.task in LM_TASKS:
                 return D.lm_examples(path, some_rows, tok, cfg.max_length)
             columns = (cfg.text_column, cfg.label_column, cfg.max_length)
             if cfg.task == "classify-head":
@@ -356,8 +365,28 @@ class Trainer:
     def global_indices(self, step: int) -> list[int]:
         """Example indices of the global batch of `step`, from the seeded permutation of its epoch."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
-        return order[k * self.global_batch:(k + 1) * self.global_batch].tolist()
+        if self._epoch_order is None or self._epoch_order[0] != epoch:
+            self._epoch_order = (epoch, self.epoch_order(epoch))
+        return self._epoch_order[1][k * self.global_batch:(k + 1) * self.global_batch]
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The seeded order of the examples in `epoch`. With group_by_length, each window of 32 global batches
+        is sorted by length and cut into batches, whose order is then shuffled: every batch pads little, and
+        the epoch still sees every example once in a seeded, resumable order."""
+        g = torch.Generator().manual_seed(self.cfg.seed + epoch)
+        order = torch.randperm(len(self.train), generator=g).tolist()
+        if not self.cfg.group_by_length:
+            return order
+        size = self.global_batch
+        window = size * 32
+        batches = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start:start + window], key=lambda i: len(self.train[i].ids))
+            batches += [chunk[i:i + size] for i in range(0, len(chunk), size)]
+        full = [b for b in batches if len(b) == size]
+        rest = [i for b in batches if len(b) < size for i in b]
+        shuffled = [full[j] for j in torch.randperm(len(full), generator=g).tolist()]
+        return [i for b in shuffled for i in b] + rest
 
     def train_step(self, step: int) -> tuple[float, int]:
         """One optimizer step; returns (mean loss over the global batch, tokens this rank processed)."""
