@@ -229,5 +229,7 @@ def run_gsm8k(args) -> int:
     report = _run_model(args, len(rows), "GSM8K", "question", lambda lm, progress, info: {
         **chat_eval.run_gsm8k(lm, rows, args.max_tokens, _tuned(args.mode), progress=progress), "info": info})
     path = chat_eval.write_report(report, args.out, "gsm8k")
-    print(f"accuracy {100 * report['metrics']['accuracy']:.2f}% ({len(rows)} questions)\nreport: {path}")
+    m = report["metrics"]
+    print(f"accuracy {100 * m['accuracy']:.2f}% ({len(rows)} questions; {100 * m['ended_by_itself']:.1f}% of answers "
+          f"ended by themselves)\nreport: {path}")
     return 0

@@ -127,7 +127,7 @@ def gsm8k_prediction(response: str) -> float | None:
 
 def run_gsm8k(lm, rows: list[dict], max_tokens: int = 512, instruction_tuned: bool | None = None,
               batch: int = 32, progress=None) -> dict:
-    from ..engine import GenerationRequest, generate_all
+    from ..engine import GenerationRequest, generate_finished
 
     tuned = lm.is_instruction_tuned if instruction_tuned is None else instruction_tuned
     if tuned:
@@ -136,13 +136,16 @@ def run_gsm8k(lm, rows: list[dict], max_tokens: int = 512, instruction_tuned: bo
     else:
         ids = [lm.tokenizer.encode(f"Question: {r['question']}\nAnswer:", add_bos=True) for r in rows]
         stop = ("\nQuestion:",)
-    outputs = generate_all(lm, [GenerationRequest(i, max_tokens=max_tokens, stop=stop) for i in ids], batch, progress)
+    outputs = generate_finished(lm, [GenerationRequest(i, max_tokens=max_tokens, stop=stop) for i in ids], batch,
+                                progress)
     results = []
-    for row, out in zip(rows, outputs):
+    for row, (out, reason) in zip(rows, outputs):
         want, got = gsm8k_reference(row["answer"]), gsm8k_prediction(out)
         results.append({"question": row["question"], "reference": want, "prediction": got, "response": out,
-                        "correct": want is not None and got is not None and abs(want - got) < 1e-6})
-    return {"metrics": {"accuracy": sum(r["correct"] for r in results) / len(results)},
+                        "correct": want is not None and got is not None and abs(want - got) < 1e-6,
+                        "ended": reason == "stop"})
+    return {"metrics": {"accuracy": sum(r["correct"] for r in results) / len(results),
+                        "ended_by_itself": sum(r["ended"] for r in results) / len(results)},
             "prompt_format": "chat" if tuned else "Question/Answer", "max_tokens": max_tokens, "results": results}
 
 
