@@ -130,11 +130,16 @@ def test_chat_train_recipe_end_to_end_and_resume(instruct, tiny_gguf, tmp_path, 
     history = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in history if "loss" in r] == [1, 2, 3, 4, 5, 6]
 
-    # The adapter is a chat model's: it loads over its base and answers through the chat template.
+    # The adapter is a chat model's: it loads over its base and answers through the chat template. The shipped
+    # form (bfloat16 factors) gives the same model to bfloat16 rounding.
     lm = tinygemma.load(tiny_gguf, dtype="float32", adapter=out / "train" / "adapter")
+    shipped = tinygemma.load(tiny_gguf, dtype="float32", adapter=out / "chat_adapter")
+    assert (out / "chat_adapter" / "adapter.safetensors").stat().st_size < \
+        0.6 * (out / "train" / "adapter" / "adapter.safetensors").stat().st_size
     base = tinygemma.load(tiny_gguf, dtype="float32")
     ids = lm.tokenizer.encode_chat([{"role": "user", "content": "Is a the cat s?"}], add_generation_prompt=True)
     assert not torch.allclose(lm.logits(ids), base.logits(ids))
+    torch.testing.assert_close(shipped.logits(ids), lm.logits(ids), rtol=0.02, atol=0.02)
 
 
 def test_chat_train_bad_input_is_one_line(instruct, tiny_gguf, tmp_path, capsys):

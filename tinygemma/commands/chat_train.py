@@ -4,6 +4,7 @@ Stages (each skipped when its output exists, so rerunning the same command conti
   OUT/data/       chat-format data (`tinygemma chat-data`)
   OUT/mixture.jsonl   the seeded mixture of tinygemma.train.recipe.MIXTURE
   OUT/train/      LoRA fine-tuning (`tinygemma finetune --task chat`): checkpoint, metrics, loss.png, adapter/
+  OUT/chat_adapter/   the adapter as it ships (bfloat16 factors): tinygemma/chat/ holds these two files
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main(args) -> int:
 
     from ..files import check_writable_dir
     from ..train.chatdata import build
-    from ..train.recipe import TRAIN, RecipeError, build_mixture
+    from ..train.recipe import SHIP_DIR, TRAIN, RecipeError, build_mixture, compact_adapter
     from ..train.trainer import CHECKPOINT, TrainConfig, Trainer
     from .tokenize import load_tokenizer
 
@@ -70,6 +71,8 @@ def main(args) -> int:
         summary = trainer.run()
     finally:
         trainer.dist.close()
+    shipped = compact_adapter(train / "adapter", out / SHIP_DIR, "base" if args.model is None else args.model)
     print(json.dumps(summary))
-    print(f"adapter in {train / 'adapter'} (tinygemma chat --adapter {train / 'adapter'})")
+    print(f"adapter in {shipped} (tinygemma chat --model base --adapter {shipped}); the chat model that "
+          f"tinygemma ships is this folder's files in tinygemma/chat/")
     return 0

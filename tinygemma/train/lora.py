@@ -160,15 +160,16 @@ def adapter_file(path: str | os.PathLike) -> Path:
 
 
 def save_adapter(path: str | os.PathLike, config: AdapterConfig, factors: dict[str, torch.Tensor],
-                 head: torch.Tensor | None = None) -> Path:
-    """Write an adapter directory (ADAPTER_FILE + CONFIG_FILE); returns the directory.
+                 head: torch.Tensor | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write an adapter directory (ADAPTER_FILE + CONFIG_FILE), factors stored as `dtype` (merging reads them
+    as float32 whatever they are stored as); returns the directory.
 
     Both files are written in a temporary directory and renamed into place once complete, so a crash or a full
     disk leaves the previous adapter (FileWriteError, one line)."""
     from ..export.safetensors import atomic_dir, save_safetensors
 
     out = Path(path)
-    tensors = {k: v.detach().float().contiguous() for k, v in factors.items()}
+    tensors = {k: v.detach().to(dtype).contiguous() for k, v in factors.items()}
     if head is not None:
         tensors[HEAD] = head.detach().float().contiguous()
     with atomic_dir(out) as tmp:
