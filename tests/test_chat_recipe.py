@@ -99,14 +99,14 @@ def instruct(tmp_path):
     (root / "flan_cot" / "toy_train.tsv").write_text("\n".join(rows) + "\n")
     (root / "self_instruct").mkdir()
     (root / "self_instruct" / "tasks.jsonl").write_text("".join(json.dumps(
-        {"instruction": f"Say {w}.", "instances": [{"input": "", "output": f"{w} {w}."}]}) + "\n" for w in "hijklmn"))
+        {"instruction": f"Say {w}.", "instances": [{"input": "", "output": f"{w} {w}."}]}) + "\n" for w in ("hi", "ho", "ha") + tuple("hijklmnopqrstuvwxyz")))
     return root
 
 
 def test_chat_train_recipe_end_to_end_and_resume(instruct, tiny_gguf, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["chat-train", "--source", str(instruct), "--out", str(out), "--model", str(tiny_gguf),
-            "--scale", "0.01", "--stories", "0", "--no-progress"]
+            "--scale", "0.02", "--stories", "0", "--no-progress"]
     assert cli.main([*args, "--steps", "4"]) == 0
     captured = capsys.readouterr()
     summary = json.loads(captured.out.splitlines()[0])
