@@ -4,7 +4,8 @@
 #   bench/chat_model.sh base [OUT]      # the embedded base model, through the chat template too
 # IFEval: 541 prompts, chat template, greedy, 1,280 new tokens (as lm-evaluation-harness), with the share of
 # answers that ended by themselves; story compliance on the 50 held-out choice sets; GSM8K on the fixed
-# 250-question subset; perplexity on ../shared/reference/ppl_text.txt. IFEVAL_LIMIT=N runs the first N prompts.
+# 250-question subset; perplexity on ../shared/reference/ppl_text.txt; load time. IFEVAL_LIMIT=N runs the first N
+# prompts; ONLY="ifeval perplexity" runs some of the parts.
 set -euo pipefail
 model=${1:?usage: bench/chat_model.sh chat|base|PATH [OUT]}
 out=${2:-bench/results/chat_model/$(basename "$model")}
@@ -14,7 +15,11 @@ mkdir -p "$out"
 limit=()
 [ -n "${IFEVAL_LIMIT:-}" ] && limit=(--limit "$IFEVAL_LIMIT")
 grep -o -w 'avx2\|avx512f\|avx512_vnni\|avx512_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ' > "$out/cpu.txt"
-run() { local name=$1; shift; /usr/bin/time -f "%e s wall, %M KB peak" -o "$out/$name.time" "$@" | tee "$out/$name.txt"; }
+run() {
+    local name=$1; shift
+    case " ${ONLY:-ifeval stories gsm8k perplexity load} " in *" $name "*) ;; *) return 0 ;; esac
+    /usr/bin/time -f "%e s wall, %M KB peak" -o "$out/$name.time" "$@" | tee "$out/$name.txt"
+}
 run ifeval "$tg" eval ifeval --model "$model" --mode chat --max-tokens 1280 --data "$shared/data/ifeval" \
     --out "$out/ifeval" "${limit[@]}"
 run stories "$tg" eval stories --model "$model" --mode auto --out "$out/stories"

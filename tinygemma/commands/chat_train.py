@@ -13,13 +13,15 @@ import json
 import shlex
 import sys
 
+from ..train.recipe import STEPS
+
 
 def build_parser(p):
     p.add_argument("--source", required=True, metavar="DIR",
                    help="instruction sets laid out as ../shared/data/instruct (see tinygemma chat-data)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder: data/, mixture.jsonl, train/")
     p.add_argument("--model", metavar="PATH", help="base weights (default: the embedded Gemma 3 270M)")
-    p.add_argument("--steps", type=int, help="optimizer steps (default: one pass over the mixture)")
+    p.add_argument("--steps", type=int, default=STEPS, help=f"optimizer steps of 8 conversations (default {STEPS})")
     p.add_argument("--scale", type=float, default=1.0,
                    help="multiply every count of the mixture (default 1; small values make a quick trial run)")
     p.add_argument("--stories", type=int, default=2000, help="story-page conversations to compose (default 2000)")
