@@ -33,7 +33,7 @@ def build_parser(p):
 def main(args) -> int:
     from pathlib import Path
 
-    from ..files import check_writable_dir
+    from ..files import atomic_write_text, check_writable_dir
     from ..train.chatdata import build
     from ..train.recipe import SHIP_DIR, TRAIN, RecipeError, build_mixture, compact_adapter
     from ..train.trainer import CHECKPOINT, TrainConfig, Trainer
@@ -56,7 +56,7 @@ def main(args) -> int:
     mixture = out / "mixture.jsonl"
     if not mixture.is_file():
         report = build_mixture(data / "train.jsonl", mixture, seed=args.seed, scale=args.scale)
-        (out / "mixture.json").write_text(json.dumps({"total": report.total, "taken": report.taken}, indent=1) + "\n")
+        atomic_write_text(out / "mixture.json", json.dumps({"total": report.total, "taken": report.taken}, indent=1) + "\n")
         print(f"tinygemma: [2/3] mixture of {report.total} conversations -> {mixture}", file=sys.stderr)
     train = out / "train"
     resume = (train / CHECKPOINT).is_file()
