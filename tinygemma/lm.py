@@ -65,12 +65,9 @@ def _warn_once(message: str) -> None:
 
 def _merged(weights, adapters: list) -> dict[str, torch.Tensor]:
     """The weights' tensors with the adapters' LoRA updates merged in order (float32), or as they are."""
-    from .train.lora import merge_adapter
+    from .train.lora import merge_adapters
 
-    tensors = weights.tensors
-    for adapter in adapters:
-        tensors = merge_adapter(tensors, adapter)
-    return tensors
+    return merge_adapters(weights.tensors, adapters)
 
 
 def _load_fast(source: Path, adapters: list) -> "LM":

@@ -27,7 +27,7 @@ def build_parser(p):
 
 def main(args) -> int:
     from ..models import model_id, resolve
-    from ..train.lora import merge_adapter
+    from ..train.lora import merge_adapters
     from ..weights import load_weights
 
     allowed = WRITABLE_TYPES if args.format == "gguf" else tuple(HF_TYPES)
@@ -37,9 +37,7 @@ def main(args) -> int:
     resolved = resolve(args.model, args.adapter)
     adapter = resolved.adapters[-1] if args.adapter else None
     weights = load_weights(resolved.source)
-    tensors = weights.tensors
-    for a in resolved.adapters:
-        tensors = merge_adapter(tensors, a)
+    tensors = merge_adapters(weights.tensors, resolved.adapters)
     if args.format == "gguf":
         from ..export.gguf import save_gguf
 

@@ -138,6 +138,13 @@ def merge_adapter(tensors: dict[str, torch.Tensor], adapter: "Adapter") -> dict[
     return out
 
 
+def merge_adapters(tensors: dict[str, torch.Tensor], adapters: list["Adapter"]) -> dict[str, torch.Tensor]:
+    """merge_adapter for each adapter in order (the chat model's own first, then the user's)."""
+    for adapter in adapters:
+        tensors = merge_adapter(tensors, adapter)
+    return tensors
+
+
 @dataclass
 class Adapter:
     """A loaded adapter: its config, LoRA factors, and the classification head (or None)."""
